@@ -172,7 +172,9 @@ class StateStore:
     def add_image(self, rec: ImageRecord, tag: str | None) -> None:
         with self.write() as db:
             db.execute(
-                "INSERT OR REPLACE INTO images (id, config, size, created_at) VALUES (?, ?, ?, ?)",
+                # An upsert, not INSERT OR REPLACE: replacing the row would cascade-delete its other tags.
+                "INSERT INTO images (id, config, size, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET config = excluded.config, size = excluded.size",
                 (rec.id, json.dumps(rec.config), rec.size, rec.created_at),
             )
             if tag:
