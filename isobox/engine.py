@@ -4,17 +4,35 @@ The daemon's routes are thin wrappers around these methods.  Methods are synchro
 daemon runs them in its thread pool) except ``wait`` and ``logs``, which are async because
 they may block for as long as the workload runs.  Every method raises ``IsoboxError``
 subclasses for anything the user can act on.
+
+Workloads are not the daemon's to lose: each has a monitor process that outlives the daemon
+and leaves an exit file.  The engine watches monitors through pidfds on the daemon's event
+loop and, at start, ``recover()`` re-adopts the live ones and settles the ones that ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import secrets
+import select
+import signal as signals
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from isobox.spec import WorkloadSpec
-from isobox.state import StateStore
+from isobox import __version__, names, paths
+from isobox.errors import Conflict, InvalidArgument, IsoboxError, NotFound
+from isobox.images.store import Image, ImageStore
+from isobox.logs import read_entries
+from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.monitor import ExitStatus
+from isobox.runtimes.container.runtime import ContainerRuntime, log_path
+from isobox.spec import Isolation, WorkloadSpec
+from isobox.state import ContainerRecord, StateStore
 
 
 @dataclass
@@ -42,75 +60,434 @@ class ExecInfo:
     attach_socket: str
 
 
+def parse_signal(value: str | int) -> int:
+    """``KILL``, ``SIGKILL``, ``kill`` or ``9``, as docker kill -s takes them."""
+    text = str(value).strip().upper()
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < signals.NSIG:
+            return number
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        with contextlib.suppress(AttributeError):
+            return int(getattr(signals.Signals, name))
+    raise InvalidArgument(f"invalid signal: {value}")
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return ""
+    delta = max(0, int(now - ts))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if delta >= size:
+            count = delta // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return "Less than a second" if delta < 1 else f"{delta} second{'s' if delta != 1 else ''}"
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1e9):09d}Z"
+
+
 class Engine:
     def __init__(self, store: StateStore | None = None) -> None:
-        raise NotImplementedError
+        paths.state_root().mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.run_root().mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = store or StateStore(paths.database_path())
+        self.image_store = ImageStore(self.store)
+        self.runtime = ContainerRuntime()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.RLock()
+        self._exited: dict[str, asyncio.Event] = {}
+        self._removed: dict[str, asyncio.Event] = {}
+        self._final: dict[str, ExitStatus] = {}
+        self._cpu_samples: dict[str, tuple[float, int]] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give the engine the daemon's event loop, where it watches workload exits."""
-        raise NotImplementedError
+        self.loop = loop
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _event(self, table: dict[str, asyncio.Event], container_id: str) -> asyncio.Event:
+        event = table.get(container_id)
+        if event is None:
+            event = table[container_id] = asyncio.Event()
+        return event
+
+    def _notify(self, table: dict[str, asyncio.Event], container_id: str) -> None:
+        if self.loop is None:
+            return
+        self.loop.call_soon_threadsafe(lambda: self._event(table, container_id).set())
+
+    def _watch(self, container_id: str | None, monitor_pid: int) -> None:
+        """Call ``_monitor_exited`` when the monitor process ends (and reap it if it is ours)."""
+        if self.loop is None:
+            return
+
+        def add() -> None:
+            try:
+                pidfd = os.pidfd_open(monitor_pid)
+            except ProcessLookupError:
+                self._monitor_exited(container_id, monitor_pid)
+                return
+            assert self.loop is not None
+            self.loop.add_reader(pidfd, fired, pidfd)
+
+        def fired(pidfd: int) -> None:
+            assert self.loop is not None
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._monitor_exited(container_id, monitor_pid)
+
+        self.loop.call_soon_threadsafe(add)
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def _monitor_exited(self, container_id: str | None, monitor_pid: int) -> None:
+        """Settle a container whose monitor has ended: record the exit, clean up, auto-remove."""
+        self._reap(monitor_pid)
+        if container_id is None:
+            return  # an exec's monitor: its client got the exit code
+        with self._lock:
+            try:
+                rec = self.store.find_container(container_id)
+            except NotFound:
+                return
+            if rec.state != "running" or rec.monitor_pid != monitor_pid:
+                return
+            status = self.runtime.collect_exit(rec) or ExitStatus(
+                255, error="the container's monitor ended without recording an exit status",
+                finished_at=time.time())
+            self.store.update_container(rec.id, state="exited", exit_code=status.exit_code,
+                                        oom_killed=int(status.oom_killed), error=status.error,
+                                        finished_at=status.finished_at or time.time())
+            self._final[rec.id] = status
+            self.runtime.cleanup(rec)
+            self._notify(self._exited, rec.id)
+            if rec.spec.get("auto_remove"):
+                self._remove_record(rec)
+
+    def _wait_monitor(self, rec: ContainerRecord, timeout: float) -> bool:
+        """Block (in a worker thread) until the monitor ends; then settle the container now."""
+        if not rec.monitor_pid or not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+            self._monitor_exited(rec.id, rec.monitor_pid or 0)
+            return True
+        try:
+            pidfd = os.pidfd_open(rec.monitor_pid)
+        except ProcessLookupError:
+            self._monitor_exited(rec.id, rec.monitor_pid)
+            return True
+        try:
+            ready = select.select([pidfd], [], [], timeout)[0]
+        finally:
+            os.close(pidfd)
+        if ready:
+            self._monitor_exited(rec.id, rec.monitor_pid)
+        return bool(ready)
 
     def recover(self) -> None:
         """Reconcile the database with reality at daemon start (re-adopt, mark exited)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
+        for rec in self.store.containers("running"):
+            if rec.monitor_pid and self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+                self._watch(rec.id, rec.monitor_pid)
+            else:
+                self._monitor_exited(rec.id, rec.monitor_pid or 0)
 
     # -- containers ---------------------------------------------------------------------------
+
+    def _image(self, ref: str) -> Image:
+        return self.image_store.resolve(ref)
+
     def create(self, spec: WorkloadSpec) -> StartInfo:
-        raise NotImplementedError
+        spec.validate()
+        if spec.isolation != Isolation.CONTAINER:
+            raise InvalidArgument(f"isolation {spec.isolation.value!r} is not available yet",
+                                  hint="use --isolation container (the default)")
+        if spec.network not in ("none", "default", "bridge"):
+            raise InvalidArgument(f"network {spec.network!r} is not available yet",
+                                  hint="only --network none is supported until networking lands")
+        image = self._image(spec.image)
+        self.runtime.validate(spec, image)
+        container_id = secrets.token_hex(32)
+        rec = ContainerRecord(id=container_id, name=spec.name or names.generate(), image_id=image.id,
+                              image_ref=spec.image, spec=spec.to_dict())
+        self.store.add_container(rec)
+        return StartInfo(container_id, rec.name)
 
     def start(self, ref: str, attach: bool = False) -> StartInfo:
         """With attach=True the workload waits to exec until the first client connects to
         ``attach_socket``, so no output is lost."""
-        raise NotImplementedError
+        with self._lock:
+            rec = self.store.find_container(ref)
+            if rec.state == "running" and self.runtime.is_alive(rec.pid, rec.pid_start):
+                if attach:
+                    raise Conflict(f"container {rec.name} is already running")
+                return StartInfo(rec.id, rec.name)
+            spec = WorkloadSpec.from_dict(rec.spec)
+            image = self.image_store.resolve(rec.image_id)
+            launched, applied, sock = self.runtime.start(rec, spec, image, attach)
+            self.store.update_container(
+                rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
+                monitor_pid=launched.monitor_pid, monitor_start=launched.monitor_start,
+                exit_code=None, oom_killed=0, error=None, started_at=time.time(), finished_at=None,
+                applied=applied)
+            self._final.pop(rec.id, None)
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(lambda: self._event(self._exited, rec.id).clear())
+            self._watch(rec.id, launched.monitor_pid)
+            return StartInfo(rec.id, rec.name, sock, list(applied.get("CgroupWarnings", [])))
 
     def run(self, spec: WorkloadSpec, attach: bool = False) -> StartInfo:
         """create + start; a failed start removes what create made."""
-        raise NotImplementedError
+        info = self.create(spec)
+        try:
+            return self.start(info.id, attach)
+        except BaseException:
+            with contextlib.suppress(IsoboxError):
+                self.remove(info.id, force=True)
+            raise
 
     def stop(self, ref: str, timeout: int | None = None) -> None:
-        raise NotImplementedError
+        rec = self.store.find_container(ref)
+        if rec.state != "running":
+            return
+        grace = timeout if timeout is not None else int(rec.spec.get("stop_timeout", 10))
+        with contextlib.suppress(Conflict):
+            self.runtime.signal(rec, signals.SIGTERM)
+        if not self._wait_monitor(rec, grace):
+            with contextlib.suppress(Conflict):
+                self.runtime.signal(rec, signals.SIGKILL)
+            self._wait_monitor(rec, 30)
 
     def kill(self, ref: str, signal: str | int = "KILL") -> None:
-        raise NotImplementedError
+        number = parse_signal(signal)
+        rec = self.store.find_container(ref)
+        if rec.state != "running":
+            raise Conflict(f"cannot kill container {rec.name}: container is not running")
+        self.runtime.signal(rec, number)
 
     def remove(self, ref: str, force: bool = False) -> None:
-        raise NotImplementedError
+        rec = self.store.find_container(ref)
+        if rec.state == "running":
+            if not force:
+                raise Conflict(f"cannot remove container {rec.name}: container is running",
+                               hint="stop the container before removing or force remove (rm -f)")
+            with contextlib.suppress(Conflict):
+                self.runtime.signal(rec, signals.SIGKILL)
+            self._wait_monitor(rec, 30)
+            with contextlib.suppress(NotFound):
+                rec = self.store.find_container(rec.id)
+        self._remove_record(rec)
+
+    def _remove_record(self, rec: ContainerRecord) -> None:
+        with self._lock:
+            self.runtime.remove(rec)
+            self.store.delete_container(rec.id)
+            self._cpu_samples.pop(rec.id, None)
+            self._notify(self._removed, rec.id)
+
+    def _status_text(self, rec: ContainerRecord, now: float) -> str:
+        if rec.state == "running":
+            return f"Up {_ago(rec.started_at, now)}"
+        if rec.state == "exited":
+            return f"Exited ({rec.exit_code}) {_ago(rec.finished_at, now)} ago"
+        return "Created"
 
     def list(self, all: bool = False) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        now = time.time()
+        out = []
+        for rec in self.store.containers():
+            if not all and rec.state != "running":
+                continue
+            argv = (rec.spec.get("entrypoint") or []) + (rec.spec.get("command") or [])
+            out.append({
+                "Id": rec.id, "Names": [rec.name], "Image": rec.image_ref, "ImageID": rec.image_id,
+                "Command": " ".join(argv), "Created": rec.created_at, "State": rec.state,
+                "Status": self._status_text(rec, now), "ExitCode": rec.exit_code,
+                "Isolation": rec.spec.get("isolation", "container"),
+            })
+        return out
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        raise NotImplementedError
+        rec = self.store.find_container(ref)
+        spec = rec.spec
+        res, sec = spec.get("resources", {}), spec.get("security", {})
+        argv = rec.applied.get("Argv") or (spec.get("entrypoint") or []) + (spec.get("command") or [])
+        running = rec.state == "running"
+        return {
+            "Id": rec.id,
+            "Name": rec.name,
+            "Created": _iso(rec.created_at),
+            "Path": argv[0] if argv else "",
+            "Args": argv[1:],
+            "State": {
+                "Status": rec.state, "Running": running, "Pid": rec.pid if running else 0,
+                "ExitCode": rec.exit_code or 0, "OOMKilled": rec.oom_killed, "Error": rec.error or "",
+                "StartedAt": _iso(rec.started_at), "FinishedAt": _iso(rec.finished_at),
+            },
+            "Image": rec.image_id,
+            "ImageName": rec.image_ref,
+            "Isolation": spec.get("isolation", "container"),
+            "LogPath": str(log_path(rec.id)),
+            "Config": {
+                "Hostname": spec.get("hostname") or rec.id[:12], "User": spec.get("user") or "",
+                "Env": [f"{k}={v}" for k, v in (spec.get("env") or {}).items()],
+                "Cmd": spec.get("command"), "Entrypoint": spec.get("entrypoint"),
+                "WorkingDir": spec.get("workdir") or "", "Tty": spec.get("tty", False),
+                "OpenStdin": spec.get("interactive", False), "StopTimeout": spec.get("stop_timeout"),
+            },
+            "HostConfig": {
+                "Memory": res.get("memory") or 0,
+                "NanoCpus": int((res.get("cpus") or 0) * 1e9),
+                "PidsLimit": res.get("pids_limit") or 0,
+                "CapAdd": sec.get("cap_add", []), "CapDrop": sec.get("cap_drop", []),
+                "SecurityOpt": [f"seccomp={sec.get('seccomp', 'default')}",
+                                f"no-new-privileges={str(sec.get('no_new_privileges', True)).lower()}"],
+                "ReadonlyRootfs": spec.get("read_only", False), "Init": spec.get("init", False),
+                "AutoRemove": spec.get("auto_remove", False), "NetworkMode": spec.get("network", "none"),
+                "Binds": [f"{m['source']}:{m['target']}{':ro' if m.get('readonly') else ''}"
+                          for m in spec.get("mounts", [])],
+            },
+            "Applied": rec.applied,
+            "Monitor": {"Pid": rec.monitor_pid if running else 0},
+        }
 
     async def wait(self, ref: str, condition: str = "not-running") -> dict[str, Any]:
         """Returns ``{"StatusCode": int, "OOMKilled": bool, "Error": str|None}``.
         condition: "not-running" (default) or "removed" (also waits for auto-removal)."""
-        raise NotImplementedError
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidArgument(f"invalid wait condition {condition!r}")
+        rec = self.store.find_container(ref)
+        if condition == "next-exit" or rec.state == "running":
+            await self._event(self._exited, rec.id).wait()
+        if condition == "removed":
+            with contextlib.suppress(NotFound):
+                self.store.find_container(rec.id)
+                await self._event(self._removed, rec.id).wait()
+        final = self._final.get(rec.id)
+        if final is None:
+            with contextlib.suppress(NotFound):
+                rec = self.store.find_container(rec.id)
+            final = ExitStatus(rec.exit_code or 0, rec.oom_killed, rec.error)
+        return {"StatusCode": final.exit_code, "OOMKilled": final.oom_killed, "Error": final.error}
 
-    def logs(self, ref: str, follow: bool = False, tail: int | None = None,
-             timestamps: bool = False) -> AsyncIterator[tuple[int, bytes]]:
+    async def logs(self, ref: str, follow: bool = False, tail: int | None = None,
+                   timestamps: bool = False) -> AsyncIterator[tuple[int, bytes]]:
         """Async iterator of (stream, data): stream 1 stdout, 2 stderr."""
-        raise NotImplementedError
+        rec = self.store.find_container(ref)
+        path = log_path(rec.id)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - held across awaits
+        except FileNotFoundError:
+            return
+        with fh:
+            data = fh.read()
+            cut = data.rfind(b"\n") + 1
+            entries = list(read_entries(data[:cut]))
+            pending = data[cut:]
+            if tail is not None and tail >= 0:
+                entries = entries[-tail:] if tail else []
+            for entry in entries:
+                yield entry.stream, (entry.time.encode() + b" " if timestamps else b"") + entry.data
+            while follow:
+                chunk = fh.read()
+                if not chunk:
+                    try:
+                        state = self.store.find_container(rec.id).state
+                    except NotFound:
+                        return
+                    if state != "running":
+                        chunk = fh.read()
+                        if not chunk:
+                            return
+                    else:
+                        await asyncio.sleep(0.05)
+                        continue
+                data = pending + chunk
+                cut = data.rfind(b"\n") + 1
+                pending = data[cut:]
+                for entry in read_entries(data[:cut]):
+                    yield entry.stream, (entry.time.encode() + b" " if timestamps else b"") + entry.data
 
     def exec(self, ref: str, spec: ExecSpec) -> ExecInfo:
-        raise NotImplementedError
+        if not spec.command:
+            raise InvalidArgument("no command given to exec")
+        rec = self.store.find_container(ref)
+        if rec.state != "running":
+            raise Conflict(f"container {rec.name} is not running")
+        wspec = WorkloadSpec.from_dict(rec.spec)
+        image = self.image_store.resolve(rec.image_id)
+        process = self.runtime.exec_process(rec, wspec, image, spec.command, spec.env, spec.workdir,
+                                            spec.user, spec.tty, spec.interactive, spec.privileged)
+        monitor_pid, sock = self.runtime.exec(rec, process)
+        self._watch(None, monitor_pid)
+        return ExecInfo(secrets.token_hex(16), sock)
 
     def stats(self, ref: str) -> dict[str, Any]:
-        raise NotImplementedError
+        rec = self.store.find_container(ref)
+        if rec.state != "running":
+            raw: dict[str, Any] = {}
+        else:
+            raw = self.runtime.stats(rec)
+            now = time.monotonic()
+            usage = int(raw.get("cpu_usage_ns") or 0)
+            last = self._cpu_samples.get(rec.id)
+            if last is None:
+                time.sleep(0.1)
+                last = (now, usage)
+                raw = self.runtime.stats(rec) or raw
+                now, usage = time.monotonic(), int(raw.get("cpu_usage_ns") or 0)
+            self._cpu_samples[rec.id] = (now, usage)
+            elapsed = max(now - last[0], 1e-6)
+            raw["cpu_percent"] = round(100.0 * (usage - last[1]) / 1e9 / elapsed, 2)
+        return {"Id": rec.id, "Name": rec.name, "State": rec.state, **raw}
 
     # -- images -------------------------------------------------------------------------------
+
     def images(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        return [image.to_dict() for image in self.image_store.list()]
 
     def remove_image(self, ref: str, force: bool = False) -> list[str]:
-        raise NotImplementedError
+        image = self.image_store.resolve(ref)
+        in_use = self.store.containers_using_image(image.id)
+        if force and in_use and self.image_store.resolve(ref).id == image.id:
+            # podman rmi -f: the containers go with the image.
+            for name in in_use:
+                self.remove(name, force=True)
+            in_use = []
+        return self.image_store.remove(ref, force=force, in_use_by=in_use)
 
     def build_image(self, kind: str, tag: str | None = None) -> dict[str, Any]:
-        raise NotImplementedError
+        if kind != "busybox":
+            raise InvalidArgument(f"unknown image kind {kind!r}", hint="isobox image build busybox")
+        return self.image_store.build_busybox(tag or "busybox:latest").to_dict()
 
     # -- system -------------------------------------------------------------------------------
+
     def system_info(self) -> dict[str, Any]:
-        raise NotImplementedError
+        from isobox import sysinfo
+
+        info = sysinfo.collect()
+        containers = self.store.containers()
+        info["isobox"] = {
+            "version": __version__,
+            "state_root": str(paths.state_root()),
+            "run_root": str(paths.run_root()),
+            "containers": len(containers),
+            "running": sum(1 for c in containers if c.state == "running"),
+            "images": len(self.image_store.list()),
+            "cgroup_version": self.runtime.layout.version,
+        }
+        return info
+
+
+__all__ = ["Engine", "ExecInfo", "ExecSpec", "StartInfo", "parse_signal", "sc"]

@@ -15,7 +15,7 @@ DEBIAN_PACKAGES=(
     busybox-static                             # the busybox image
     e2fsprogs erofs-utils                      # VM root disks (images and VM issues)
     qemu-system-x86 qemu-utils ovmf            # the VM isolation level
-    runc podman catatonit uidmap               # peers for benchmarks and interop checks
+    runc runsc podman catatonit uidmap         # peers (benchmarks, interop) and the gVisor level
     procps psmisc util-linux iproute2          # ps/pkill/nsenter/ip used by tests
 )
 

@@ -1,0 +1,366 @@
+"""The fork choreography of a container start and of an exec.
+
+    daemon ──fork──> monitor ──unshare(PID), fork──> workload (PID 1 in its namespaces)
+                     │  (setsid; outlives the daemon)      joins cgroup, unshares the rest,
+                     │                                      builds its root, drops privileges,
+                     │  <── "ready" (+ pty master) ──────   waits for "go", execs
+                     │  ──── "go" ──────────────────────>
+                     │  <── EOF on exec, or exec error ──
+    daemon <── status line (pid / error) ─┘
+
+Only the daemon-side functions here return; everything after a fork ends in ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import termios
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from isobox.errors import IsoboxError, RuntimeFailure
+from isobox.logs import LogWriter
+from isobox.runtimes.container import rootfs, seccomp
+from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
+from isobox.runtimes.container.monitor import ExitStatus, Pump, exit_code_of, write_file_atomic
+from isobox.runtimes.container.process import Identity, become, exec_workload, prepare_env, resolve_identity
+
+CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
+START_TIMEOUT = 30.0
+ATTACH_TIMEOUT = 60.0
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                     signal.SIGUSR2, signal.SIGWINCH)
+
+
+@dataclass
+class Launched:
+    pid: int
+    pid_start: int
+    monitor_pid: int
+    monitor_start: int
+
+
+class SetupError(Exception):
+    """A failure inside the child, carried back to the daemon as text."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, IsoboxError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" if not exc.filename else f"{exc.filename}: {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.sendall(data)
+
+
+def _reset_signals() -> None:
+    # The daemon's handlers (uvicorn's, asyncio's wakeup fd) must not run in a forked child,
+    # and Python's SIG_IGN for SIGPIPE/SIGXFSZ would be inherited by the workload through exec.
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    for sig in (*FORWARDED_SIGNALS, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _read_status(fd: int, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise RuntimeFailure(f"the container did not start within {timeout:.0f} s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    if not data:
+        raise RuntimeFailure("the container monitor died before reporting", hint="see isoboxd.log")
+    return json.loads(data)
+
+
+def _fork_monitor(body: Callable[[int], None], keep: tuple[int, ...], timeout: float) -> tuple[int, dict[str, object]]:
+    """Fork a monitor that runs ``body(status_fd)``; wait for its one-line JSON status."""
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    gc.freeze()  # objects the child never touches stay shared with the daemon (copy-on-write)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            _reset_signals()
+            gc.disable()
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, 0)
+            sc.close_range_from(3, (status_w, *keep))
+            body(status_w)
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
+            with contextlib.suppress(OSError):
+                os.write(status_w, json.dumps({"error": _describe(exc)}).encode() + b"\n")
+            with contextlib.suppress(Exception):
+                traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(status_w)
+    try:
+        status = _read_status(status_r, timeout)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(status_r)
+    if "error" in status:
+        os.waitpid(pid, 0)
+        raise RuntimeFailure(str(status["error"]))
+    return pid, status
+
+
+def _stdio_pipes(proc: ProcessConfig) -> tuple[tuple[int, int, int], dict[int, int], int | None]:
+    """(child's stdin/stdout/stderr, our output fds -> stream, our stdin write end)."""
+    if proc.tty:
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        return (null, null, null), {}, None
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    if proc.interactive:
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        return (in_r, out_w, err_w), {out_r: 1, err_r: 2}, in_w
+    return (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), out_w, err_w), {out_r: 1, err_r: 2}, None
+
+
+def _attach_stdio(proc: ProcessConfig, sync: socket.socket, stdio: tuple[int, int, int]) -> None:
+    """Make fds 0-2 the workload's; with a tty, open it in the container's devpts and hand
+    the master to the monitor (so ``tty`` inside names a device the container can see)."""
+    os.setsid()
+    fds: list[int] = []
+    if proc.tty:
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        stdio = (slave, slave, slave)
+        fds = [master]
+    for target, fd in enumerate(stdio):
+        os.dup2(fd, target)  # dup2 clears O_CLOEXEC on the copy
+    _send(sync, {"ready": True}, fds)
+    for fd in {*stdio, *fds}:
+        if fd > 2:
+            os.close(fd)
+
+
+def _wait_go(sync: socket.socket) -> None:
+    if sync.recv(16) != b"go":
+        os._exit(1)  # the monitor gave up on us
+
+
+def _exec_or_report(proc: ProcessConfig, env: dict[str, str], sync: socket.socket) -> None:
+    code, message = exec_workload(proc, env, keep_fds=(sync.fileno(),))
+    with contextlib.suppress(OSError):
+        _send(sync, {"exec_error": message, "code": code})
+    os._exit(code)
+
+
+def _run_init(proc: ProcessConfig, env: dict[str, str], sync: socket.socket) -> None:
+    """``--init``: stay as PID 1, reap zombies, forward signals, exit with the workload's code."""
+    child = os.fork()
+    if child == 0:
+        _exec_or_report(proc, env, sync)
+    sync.close()
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
+    sc.close_range_from(3)
+    if proc.seccomp_bpf is not None:
+        seccomp.install(proc.seccomp_bpf)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if pid == child:
+            os._exit(exit_code_of(status))
+
+
+def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
+                    sync: socket.socket, stdio: tuple[int, int, int], init: bool) -> None:
+    env = prepare_env(proc, ident, hostname)
+    if proc.cwd != "/":
+        os.makedirs(proc.cwd, exist_ok=True)  # Docker creates a missing working directory
+    become(proc, ident)
+    _attach_stdio(proc, sync, stdio)
+    _wait_go(sync)
+    try:
+        os.chdir(proc.cwd)
+    except OSError as exc:
+        _send(sync, {"exec_error": f"chdir to cwd ({proc.cwd}) set in config: {exc.strerror}", "code": 126})
+        os._exit(126)
+    if init:
+        _run_init(proc, env, sync)
+    _exec_or_report(proc, env, sync)
+
+
+def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int, int, int]) -> None:
+    try:
+        _reset_signals()
+        for procs in cfg.cgroup_procs:
+            with open(procs, "w") as fh:
+                fh.write("0")
+        sc.unshare(CONTAINER_NAMESPACES)
+        socket.sethostname(cfg.hostname)
+        sc.loopback_up()
+        rootfs.build(cfg)
+        ident = resolve_identity(cfg.process.user)
+        _finish_process(cfg.process, ident, cfg.hostname, sync, stdio, cfg.init)
+    except BaseException as exc:  # noqa: BLE001 - reported to the monitor
+        with contextlib.suppress(OSError):
+            _send(sync, {"error": _describe(exc)})
+    os._exit(1)
+
+
+def _exec_child(pidfd: int, cgroup_procs: list[str], proc: ProcessConfig, sync: socket.socket,
+                stdio: tuple[int, int, int]) -> None:
+    try:
+        _reset_signals()
+        sc.set_dumpable(False)  # CVE-2019-5736: nothing in the container may open our /proc/PID/exe
+        for procs in cgroup_procs:
+            with open(procs, "w") as fh:
+                fh.write("0")
+        sc.setns(pidfd, CONTAINER_NAMESPACES)
+        os.close(pidfd)
+        os.chdir("/")
+        ident = resolve_identity(proc.user)
+        _finish_process(proc, ident, None, sync, stdio, init=False)
+    except BaseException as exc:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            _send(sync, {"error": _describe(exc)})
+    os._exit(1)
+
+
+def _handshake(sync: socket.socket, child: int) -> tuple[dict[str, object], list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(sync, 65536, 1)
+    if not data:
+        os.waitpid(child, 0)
+        raise SetupError("the workload process died during set-up")
+    msg = json.loads(data)
+    if "error" in msg:
+        os.waitpid(child, 0)
+        raise SetupError(str(msg["error"]))
+    return msg, fds
+
+
+def _go_and_check_exec(sync: socket.socket) -> tuple[int | None, str | None]:
+    sync.sendall(b"go")
+    try:
+        data = sync.recv(65536)
+    except OSError:
+        data = b""
+    sync.close()
+    if not data:
+        return None, None  # EOF: exec succeeded (the socket is close-on-exec)
+    msg = json.loads(data)
+    return int(msg.get("code", 126)), str(msg.get("exec_error", "exec failed"))
+
+
+def _pump_to_end(pump: Pump, exec_error: tuple[int | None, str | None],
+                 oom_check: Callable[[], bool] | None) -> ExitStatus:
+    status = pump.run()
+    code, message = exec_error
+    exit_code = code if code is not None else exit_code_of(status)
+    oom = False
+    if oom_check is not None:
+        with contextlib.suppress(Exception):
+            oom = oom_check() and exit_code == 137
+    return ExitStatus(exit_code, oom, message, time.time())
+
+
+def start_container(cfg: ContainerConfig, *, listener: socket.socket | None, wait_attach: bool,
+                    log_fd: int, exit_path: str, oom_check: Callable[[], bool],
+                    cleanup: Callable[[], None]) -> Launched:
+    """Start the container; returns once its process is set up (or raises RuntimeFailure)."""
+
+    def monitor(status_fd: int) -> None:
+        stdio, outputs, stdin_w = _stdio_pipes(cfg.process)
+        sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sc.unshare(sc.CLONE_NEWPID)
+        child = os.fork()
+        if child == 0:
+            sync.close()
+            _container_child(cfg, child_sync, stdio)
+        child_sync.close()
+        for fd in stdio:
+            os.close(fd)
+        try:
+            _msg, fds = _handshake(sync, child)
+        except SetupError:
+            cleanup()
+            raise
+        pty = fds[0] if fds else None
+        if pty is not None:
+            outputs, stdin_w = {pty: 1}, pty
+        os.write(status_fd, json.dumps({"pid": child, "start": sc.process_start_time(child)}).encode() + b"\n")
+        os.close(status_fd)
+        pump = Pump(child, listener, outputs, stdin_w, pty, LogWriter(log_fd))
+        if wait_attach:
+            pump.wait_first_client(ATTACH_TIMEOUT)
+        result = _pump_to_end(pump, _go_and_check_exec(sync), oom_check)
+        write_file_atomic(exit_path, json.dumps(result.to_json()).encode())
+        pump.finish(result)
+        cleanup()
+
+    keep = (log_fd,) + ((listener.fileno(),) if listener is not None else ())
+    monitor_pid, status = _fork_monitor(monitor, keep, START_TIMEOUT)
+    pid = int(status["pid"])  # type: ignore[call-overload]
+    return Launched(pid, int(status.get("start") or 0), monitor_pid, sc.process_start_time(monitor_pid) or 0)  # type: ignore[call-overload]
+
+
+def start_exec(pidfd: int, cgroup_procs: list[str], proc: ProcessConfig, listener: socket.socket) -> int:
+    """Run ``proc`` inside a running container; returns the exec monitor's pid.  The exit code
+    reaches the attached client in the EXIT frame."""
+
+    def monitor(status_fd: int) -> None:
+        sc.set_dumpable(False)
+        stdio, outputs, stdin_w = _stdio_pipes(proc)
+        sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        sc.setns(pidfd, sc.CLONE_NEWPID)  # our children are born in the container's pid namespace
+        child = os.fork()
+        if child == 0:
+            sync.close()
+            _exec_child(pidfd, cgroup_procs, proc, child_sync, stdio)
+        child_sync.close()
+        os.close(pidfd)
+        for fd in stdio:
+            os.close(fd)
+        _msg, fds = _handshake(sync, child)
+        pty = fds[0] if fds else None
+        if pty is not None:
+            outputs, stdin_w = {pty: 1}, pty
+        os.write(status_fd, json.dumps({"pid": child}).encode() + b"\n")
+        os.close(status_fd)
+        pump = Pump(child, listener, outputs, stdin_w, pty, None)
+        pump.wait_first_client(ATTACH_TIMEOUT)
+        pump.finish(_pump_to_end(pump, _go_and_check_exec(sync), None))
+
+    monitor_pid, _status = _fork_monitor(monitor, (pidfd, listener.fileno()), START_TIMEOUT)
+    return monitor_pid
+
+
+def errno_name(err: int) -> str:
+    return errno.errorcode.get(err, str(err))

@@ -1,0 +1,104 @@
+"""Becoming the workload: identity, capabilities, no_new_privs, seccomp, then exec.
+
+Runs in the forked child after it has entered the container's namespaces and root (both for
+the container's first process and for ``exec``), so ``/etc/passwd`` is the image's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from isobox.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, InvalidArgument
+from isobox.runtimes.container import caps as capabilities
+from isobox.runtimes.container import seccomp
+from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.config import ProcessConfig
+
+
+@dataclass
+class Identity:
+    uid: int
+    gid: int
+    groups: list[int]
+    home: str
+
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n").split(":") for line in fh if line.strip() and not line.startswith("#")]
+    except OSError:
+        return []
+
+
+def resolve_identity(user: str) -> Identity:
+    """Docker's ``-u NAME|UID[:GROUP|GID]`` against the image's passwd and group files."""
+    name, _, group = (user or "0").partition(":")
+    passwd = _read_db("/etc/passwd")
+    entry = next((e for e in passwd if len(e) >= 7 and (e[0] == name or e[2] == name)), None)
+    if entry is not None:
+        uid, gid, home = int(entry[2]), int(entry[3]), entry[5] or "/"
+    elif name.isdigit():
+        uid, gid, home = int(name), 0, "/"  # Docker: an unknown numeric uid runs with gid 0
+    else:
+        raise InvalidArgument(f"unable to find user {name}: no matching entries in passwd file")
+    groups_db = _read_db("/etc/group")
+    if group:
+        grp = next((g for g in groups_db if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
+        if grp is not None:
+            gid = int(grp[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise InvalidArgument(f"unable to find group {group}: no matching entries in group file")
+    username = entry[0] if entry else None
+    extra = [int(g[2]) for g in groups_db if len(g) >= 4 and username and username in g[3].split(",")]
+    return Identity(uid, gid, sorted({gid, *extra}), home)
+
+
+def prepare_env(proc: ProcessConfig, ident: Identity, hostname: str | None) -> dict[str, str]:
+    env = dict(proc.env)
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("HOME", ident.home)
+    if hostname is not None:
+        env.setdefault("HOSTNAME", hostname)
+    if proc.tty:
+        env.setdefault("TERM", "xterm")
+    return env
+
+
+def become(proc: ProcessConfig, ident: Identity) -> None:
+    """Drop to the workload's identity and privileges.  Order follows runc's finalizeNamespace."""
+    early_seccomp = proc.seccomp_bpf is not None and not proc.no_new_privs
+    if early_seccomp:
+        # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+        seccomp.install(proc.seccomp_bpf)  # type: ignore[arg-type]
+    capabilities.keep_caps_across_setuid()
+    os.setgroups(ident.groups)
+    os.setgid(ident.gid)
+    os.setuid(ident.uid)
+    capabilities.apply(proc.caps, root_user=ident.uid == 0)
+    if proc.no_new_privs:
+        sc.set_no_new_privs()
+    # setuid resets dumpable: keep this process (host code in the container's namespaces)
+    # out of reach of /proc/PID/exe and ptrace until exec replaces it (CVE-2019-5736).
+    sc.set_dumpable(False)
+
+
+def exec_workload(proc: ProcessConfig, env: dict[str, str], keep_fds: tuple[int, ...] = ()) -> tuple[int, str]:
+    """exec; returns only on failure, with Docker's exit code and message."""
+    sc.close_range_from(3, keep_fds)
+    if proc.seccomp_bpf is not None and proc.no_new_privs:
+        seccomp.install(proc.seccomp_bpf)
+    argv = proc.argv
+    try:
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        where = "in $PATH" if "/" not in argv[0] else ""
+        return EXIT_NOT_FOUND, f'exec: "{argv[0]}": executable file not found {where}'.rstrip()
+    except PermissionError:
+        return EXIT_CANNOT_INVOKE, f'exec: "{argv[0]}": permission denied'
+    except OSError as exc:
+        return EXIT_CANNOT_INVOKE, f'exec: "{argv[0]}": {exc.strerror}'
+    return EXIT_CANNOT_INVOKE, "exec returned"

@@ -1,0 +1,255 @@
+"""The container isolation level: isobox's own runtime (no runc/crun needed).
+
+The daemon-side half: turns a WorkloadSpec and an Image into a ContainerConfig, creates the
+cgroup, and hands over to ``launch`` for the fork choreography.  Also signals, stats, exec,
+and the cleanup that makes ``rm`` leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from isobox import paths
+from isobox.errors import Conflict, InvalidArgument, IsoboxError
+from isobox.images.store import Image
+from isobox.runtimes.container import caps as capabilities
+from isobox.runtimes.container import cgroups, launch, seccomp
+from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.config import MASKED_PATHS, READONLY_PATHS, ContainerConfig, ProcessConfig
+from isobox.runtimes.container.launch import Launched
+from isobox.runtimes.container.monitor import ExitStatus, read_exit_file
+from isobox.spec import Security, WorkloadSpec
+from isobox.state import ContainerRecord
+
+
+def run_dir(container_id: str) -> Path:
+    # Short: the attach socket's path must fit sockaddr_un (108 bytes) under any ISOBOX_RUN.
+    return paths.run_root() / "c" / container_id[:16]
+
+
+def data_dir(container_id: str) -> Path:
+    return paths.containers_dir() / container_id
+
+
+def log_path(container_id: str) -> Path:
+    return data_dir(container_id) / "ctr.log"
+
+
+def exit_path(container_id: str) -> Path:
+    return run_dir(container_id) / "exit.json"
+
+
+def compile_seccomp(security: Security, caps: list[str]) -> tuple[bytes | None, dict[str, Any]]:
+    if security.seccomp == "unconfined":
+        return None, {"mode": "unconfined"}
+    if security.seccomp == "custom":
+        profile = seccomp.profile_from_json(security.seccomp_profile or {})
+    else:
+        profile = seccomp.default_profile()
+    bpf = seccomp.compile_bpf(profile, caps)
+    return bpf, {"mode": security.seccomp, "syscalls_allowed": seccomp.allowlist_size(profile, caps)}
+
+
+def build_process(spec: WorkloadSpec, image: Image, caps: list[str], bpf: bytes | None) -> ProcessConfig:
+    if spec.entrypoint is not None:
+        argv = [*spec.entrypoint, *spec.command]  # Docker: --entrypoint drops the image's CMD
+    else:
+        argv = [*image.config.entrypoint, *(spec.command or image.config.cmd)]
+    if not argv or not argv[0]:
+        raise InvalidArgument("no command specified", hint="give a command after the image name")
+    env = dict(item.split("=", 1) for item in image.config.env if "=" in item)
+    env.update(spec.env)
+    return ProcessConfig(
+        argv=argv,
+        env=env,
+        cwd=spec.workdir or image.config.workdir or "/",
+        user=spec.user if spec.user is not None else image.config.user,
+        caps=caps,
+        seccomp_bpf=bpf,
+        no_new_privs=spec.security.no_new_privileges,
+        tty=spec.tty,
+        interactive=spec.interactive,
+    )
+
+
+def check_mounts(spec: WorkloadSpec) -> None:
+    for mount in spec.mounts:
+        if not os.path.exists(mount.source):
+            raise InvalidArgument(f"bind source path does not exist: {mount.source}")
+
+
+class ContainerRuntime:
+    isolation = "container"
+
+    def __init__(self) -> None:
+        self._layout: cgroups.Layout | None = None
+
+    @property
+    def layout(self) -> cgroups.Layout:
+        if self._layout is None:
+            self._layout = cgroups.host_layout()
+        return self._layout
+
+    def validate(self, spec: WorkloadSpec, image: Image) -> None:
+        """Everything that can be refused before anything is made (create-time checks)."""
+        check_mounts(spec)
+        caps = capabilities.resolve(spec.security.cap_add, spec.security.cap_drop)
+        compile_seccomp(spec.security, caps)
+        build_process(spec, image, caps, None)
+
+    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
+              attach: bool) -> tuple[Launched, dict[str, Any], str | None]:
+        check_mounts(spec)
+        caps = capabilities.resolve(spec.security.cap_add, spec.security.cap_drop)
+        bpf, seccomp_info = compile_seccomp(spec.security, caps)
+        process = build_process(spec, image, caps, bpf)
+        rdir, ddir = run_dir(rec.id), data_dir(rec.id)
+        for sub in ("upper", "work"):
+            (ddir / sub).mkdir(parents=True, exist_ok=True)
+        (rdir / "rootfs").mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            exit_path(rec.id).unlink()
+        limits = cgroups.Limits(memory=spec.resources.memory, cpus=spec.resources.cpus,
+                                pids=spec.resources.pids_limit or None)
+        cgroup = cgroups.Cgroup.create(self.layout, rec.id, limits)
+        cfg = ContainerConfig(
+            id=rec.id,
+            lowerdirs=[str(p) for p in reversed(image.layers)],
+            upperdir=str(ddir / "upper"),
+            workdir=str(ddir / "work"),
+            rootfs=str(rdir / "rootfs"),
+            hostname=spec.hostname or rec.id[:12],
+            process=process,
+            cgroup_procs=[str(p) for p in cgroup.self_join_files()],
+            mounts=list(spec.mounts),
+            read_only=spec.read_only,
+            init=spec.init,
+        )
+        sock_path = rdir / "attach.sock"
+        listener = self._listen(sock_path) if attach else None
+        log_fd = os.open(log_path(rec.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+        def cleanup() -> None:  # runs in the monitor once the workload is gone
+            with contextlib.suppress(Exception):
+                cgroup.destroy()
+            with contextlib.suppress(OSError):
+                sock_path.unlink()
+
+        try:
+            launched = launch.start_container(
+                cfg, listener=listener, wait_attach=attach, log_fd=log_fd,
+                exit_path=str(exit_path(rec.id)), oom_check=cgroup.oom_killed, cleanup=cleanup,
+            )
+        except BaseException:
+            cleanup()
+            raise
+        finally:
+            os.close(log_fd)
+            if listener is not None:
+                listener.close()
+        applied = {
+            "Capabilities": sorted(caps),
+            "Seccomp": seccomp_info,
+            "NoNewPrivileges": spec.security.no_new_privileges,
+            "MaskedPaths": list(MASKED_PATHS),
+            "ReadonlyPaths": list(READONLY_PATHS),
+            "Namespaces": ["mount", "pid", "uts", "ipc", "net", "cgroup"],
+            "Cgroup": {"version": self.layout.version, "paths": [str(p) for p in cgroup.paths],
+                       **{k: v for k, v in cgroup.applied.items() if k != "version"}},
+            "CgroupWarnings": list(getattr(cgroup, "warnings", [])),
+        }
+        return launched, applied, str(sock_path) if attach else None
+
+    @staticmethod
+    def _listen(path: Path) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # the socket carries the workload's stdio: root only
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        sock.listen(8)
+        return sock
+
+    def signal(self, rec: ContainerRecord, sig: int) -> None:
+        pidfd = self._pidfd(rec)
+        if pidfd is None:
+            raise Conflict(f"container {rec.name} is not running")
+        try:
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            raise Conflict(f"container {rec.name} is not running") from None
+        finally:
+            os.close(pidfd)
+
+    @staticmethod
+    def _pidfd(rec: ContainerRecord) -> int | None:
+        """A pidfd on the workload, after checking the pid was not reused by something else."""
+        if not rec.pid:
+            return None
+        try:
+            pidfd = sc.pidfd_open(rec.pid)
+        except ProcessLookupError:
+            return None
+        if rec.pid_start and sc.process_start_time(rec.pid) != rec.pid_start:
+            os.close(pidfd)
+            return None
+        return pidfd
+
+    def is_alive(self, pid: int | None, start: int | None) -> bool:
+        return bool(pid) and sc.process_start_time(pid) == start  # type: ignore[arg-type]
+
+    def exec(self, rec: ContainerRecord, process: ProcessConfig) -> tuple[int, str]:
+        pidfd = self._pidfd(rec)
+        if pidfd is None:
+            raise Conflict(f"container {rec.name} is not running")
+        sock_path = run_dir(rec.id) / f"exec-{os.urandom(6).hex()}.sock"
+        listener = self._listen(sock_path)
+        try:
+            cgroup = cgroups.Cgroup.open(self.layout, rec.id)
+            monitor = launch.start_exec(pidfd, [str(p) for p in cgroup.self_join_files()], process, listener)
+        finally:
+            listener.close()
+            os.close(pidfd)
+        return monitor, str(sock_path)
+
+    def exec_process(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image, command: list[str],
+                     env: dict[str, str], workdir: str | None, user: str | None, tty: bool,
+                     interactive: bool, privileged: bool) -> ProcessConfig:
+        caps = capabilities.resolve(["ALL"] if privileged else spec.security.cap_add, spec.security.cap_drop)
+        bpf = None if privileged else compile_seccomp(spec.security, caps)[0]
+        base = build_process(spec, image, caps, bpf)
+        merged = dict(base.env)
+        merged.update(env)
+        return ProcessConfig(argv=command, env=merged, cwd=workdir or base.cwd,
+                             user=user if user is not None else base.user, caps=caps, seccomp_bpf=bpf,
+                             no_new_privs=base.no_new_privs, tty=tty, interactive=interactive)
+
+    def stats(self, rec: ContainerRecord) -> dict[str, Any]:
+        try:
+            return dict(cgroups.Cgroup.open(self.layout, rec.id).stats())
+        except IsoboxError:
+            return {}
+
+    def collect_exit(self, rec: ContainerRecord) -> ExitStatus | None:
+        return read_exit_file(str(exit_path(rec.id)))
+
+    def cleanup(self, rec: ContainerRecord) -> None:
+        """After the workload ended: whatever the monitor could not remove (it may have died)."""
+        with contextlib.suppress(IsoboxError):
+            cg = cgroups.Cgroup.open(self.layout, rec.id)
+            cg.kill_all()
+            cg.destroy()
+
+    def remove(self, rec: ContainerRecord) -> None:
+        self.cleanup(rec)
+        shutil.rmtree(run_dir(rec.id), ignore_errors=True)
+        shutil.rmtree(data_dir(rec.id), ignore_errors=True)
