@@ -28,7 +28,9 @@ from isobox import __version__, names, paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError, NotFound
 from isobox.images.store import Image, ImageStore
 from isobox.logs import read_entries
+from isobox.runtimes.container import launch, zygote
 from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.zygote import Zygote
 from isobox.runtimes.container.monitor import ExitStatus
 from isobox.runtimes.container.runtime import ContainerRuntime, log_path
 from isobox.spec import Isolation, WorkloadSpec
@@ -98,6 +100,11 @@ class Engine:
         self.store = store or StateStore(paths.database_path())
         self.image_store = ImageStore(self.store)
         self.runtime = ContainerRuntime()
+        self._zygote: Zygote | None = None
+        if not launch.zygote_active():
+            # The daemon starts one before loading its web stack; anyone else gets one here.
+            self._zygote = zygote.start()
+            launch.use_zygote(self._zygote.spawn)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.RLock()
         self._exited: dict[str, asyncio.Event] = {}
@@ -113,6 +120,9 @@ class Engine:
 
     def close(self) -> None:
         self.store.close()
+        if self._zygote is not None:
+            launch.use_zygote(None)
+            self._zygote.close()
 
     def _event(self, table: dict[str, asyncio.Event], container_id: str) -> asyncio.Event:
         event = table.get(container_id)
@@ -125,24 +135,33 @@ class Engine:
             return
         self.loop.call_soon_threadsafe(lambda: self._event(table, container_id).set())
 
-    def _watch(self, container_id: str | None, monitor_pid: int) -> None:
-        """Call ``_monitor_exited`` when the monitor process ends (and reap it if it is ours)."""
+    def _watch(self, container_id: str | None, monitor_pid: int, done_fd: int | None = None) -> None:
+        """Call ``_monitor_exited`` when the monitor is done: EOF on its status pipe when we
+        started it (that comes before its own teardown), else its pidfd (after a restart)."""
         if self.loop is None:
+            if done_fd is not None:
+                os.close(done_fd)
             return
 
         def add() -> None:
-            try:
-                pidfd = os.pidfd_open(monitor_pid)
-            except ProcessLookupError:
-                self._monitor_exited(container_id, monitor_pid)
-                return
+            fd = done_fd
+            if fd is None:
+                try:
+                    fd = os.pidfd_open(monitor_pid)
+                except ProcessLookupError:
+                    self._monitor_exited(container_id, monitor_pid)
+                    return
             assert self.loop is not None
-            self.loop.add_reader(pidfd, fired, pidfd)
+            self.loop.add_reader(fd, fired, fd)
 
-        def fired(pidfd: int) -> None:
+        def fired(fd: int) -> None:
+            if done_fd is not None:
+                with contextlib.suppress(BlockingIOError):
+                    if os.read(fd, 4096):
+                        return  # not EOF yet
             assert self.loop is not None
-            self.loop.remove_reader(pidfd)
-            os.close(pidfd)
+            self.loop.remove_reader(fd)
+            os.close(fd)
             self._monitor_exited(container_id, monitor_pid)
 
         self.loop.call_soon_threadsafe(add)
@@ -243,7 +262,7 @@ class Engine:
             self._final.pop(rec.id, None)
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(lambda: self._event(self._exited, rec.id).clear())
-            self._watch(rec.id, launched.monitor_pid)
+            self._watch(rec.id, launched.monitor_pid, launched.done_fd)
             return StartInfo(rec.id, rec.name, sock, list(applied.get("CgroupWarnings", [])))
 
     def run(self, spec: WorkloadSpec, attach: bool = False) -> StartInfo:
@@ -428,8 +447,8 @@ class Engine:
         image = self.image_store.resolve(rec.image_id)
         process = self.runtime.exec_process(rec, wspec, image, spec.command, spec.env, spec.workdir,
                                             spec.user, spec.tty, spec.interactive, spec.privileged)
-        monitor_pid, sock = self.runtime.exec(rec, process)
-        self._watch(None, monitor_pid)
+        launched, sock = self.runtime.exec(rec, process)
+        self._watch(None, launched.monitor_pid, launched.done_fd)
         return ExecInfo(secrets.token_hex(16), sock)
 
     def stats(self, ref: str) -> dict[str, Any]:

@@ -6,7 +6,10 @@
                      │  <── "ready" (+ pty master) ──────   waits for "go", execs
                      │  ──── "go" ──────────────────────>
                      │  <── EOF on exec, or exec error ──
-    daemon <── status line (pid / error) ─┘
+    daemon <── status line (pid / error) ─┘, then EOF on that pipe once the exit is recorded
+
+Monitors are forked from the daemon, or from a lean zygote the daemon starts first
+(``zygote.py``): a 47 MiB daemon takes ~4 ms to fork, the zygote a fraction of that.
 
 Only the daemon-side functions here return; everything after a fork ends in ``os._exit``.
 """
@@ -49,6 +52,7 @@ class Launched:
     pid_start: int
     monitor_pid: int
     monitor_start: int
+    done_fd: int  # the status pipe's read end: EOF once the monitor has settled the exit
 
 
 class SetupError(Exception):
@@ -97,43 +101,94 @@ def _read_status(fd: int, timeout: float) -> dict[str, object]:
     return json.loads(data)
 
 
-def _fork_monitor(body: Callable[[int], None], keep: tuple[int, ...], timeout: float) -> tuple[int, dict[str, object]]:
-    """Fork a monitor that runs ``body(status_fd)``; wait for its one-line JSON status."""
+@dataclass
+class ContainerRequest:
+    """Everything a container monitor needs; picklable, so that the zygote can take it."""
+
+    cfg: ContainerConfig
+    wait_attach: bool
+    exit_path: str
+    cgroup: Cgroup
+    sock_path: str | None
+
+
+@dataclass
+class ExecRequest:
+    proc: ProcessConfig
+    cgroup_files: list[str]
+
+
+Request = ContainerRequest | ExecRequest
+
+
+def run_monitor(request: Request, fds: dict[str, int]) -> None:
+    """The body of a freshly forked monitor (from the daemon or the zygote); never returns.
+
+    ``fds`` holds ``status`` (the pipe to the daemon) and, as the request needs them,
+    ``listener``, ``log`` and ``pidfd``.
+    """
+    code = 1
+    status_fd = fds["status"]
+    try:
+        os.setsid()
+        _reset_signals()
+        gc.disable()
+        devnull = os.open("/dev/null", os.O_RDWR)
+        os.dup2(devnull, 0)
+        sc.close_range_from(3, tuple(fds.values()))
+        if isinstance(request, ContainerRequest):
+            _container_monitor(request, fds)
+        else:
+            _exec_monitor(request, fds)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
+        with contextlib.suppress(OSError):
+            os.write(status_fd, json.dumps({"error": _describe(exc)}).encode() + b"\n")
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+_zygote: Callable[[Request, dict[str, int]], None] | None = None
+
+
+def use_zygote(spawn: Callable[[Request, dict[str, int]], None] | None) -> None:
+    """Route monitor forks through a lean pre-forked process (see ``zygote.py``)."""
+    global _zygote
+    _zygote = spawn
+
+
+def zygote_active() -> bool:
+    return _zygote is not None
+
+
+def _spawn(request: Request, fds: dict[str, int], timeout: float) -> tuple[dict[str, object], int]:
+    """Start a monitor; returns its status line and the read end of its status pipe, which
+    reaches EOF when the monitor has finished (after writing the exit file)."""
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
-    gc.freeze()  # objects the child never touches stay shared with the daemon (copy-on-write)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setsid()
-            _reset_signals()
-            gc.disable()
-            devnull = os.open("/dev/null", os.O_RDWR)
-            os.dup2(devnull, 0)
-            sc.close_range_from(3, (status_w, *keep))
-            body(status_w)
-            code = 0
-        except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
-            with contextlib.suppress(OSError):
-                os.write(status_w, json.dumps({"error": _describe(exc)}).encode() + b"\n")
-            with contextlib.suppress(Exception):
-                traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(status_w)
+    all_fds = {"status": status_w, **fds}
+    direct_pid = 0
+    try:
+        if _zygote is not None:
+            _zygote(request, all_fds)
+        else:
+            gc.freeze()  # what the monitor never touches stays shared (copy-on-write)
+            direct_pid = os.fork()
+            if direct_pid == 0:
+                run_monitor(request, all_fds)
+    finally:
+        os.close(status_w)
     try:
         status = _read_status(status_r, timeout)
+        if "error" in status:
+            raise RuntimeFailure(str(status["error"]))
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
-    finally:
         os.close(status_r)
-    if "error" in status:
-        os.waitpid(pid, 0)
-        raise RuntimeFailure(str(status["error"]))
-    return pid, status
+        if direct_pid:
+            os.waitpid(direct_pid, 0)
+        raise
+    return status, status_r
 
 
 def _stdio_pipes(proc: ProcessConfig) -> tuple[tuple[int, int, int], dict[int, int], int | None]:
@@ -291,76 +346,97 @@ def _pump_to_end(pump: Pump, exec_error: tuple[int | None, str | None],
     return ExitStatus(exit_code, oom, message, time.time())
 
 
-def start_container(cfg: ContainerConfig, *, listener: socket.socket | None, wait_attach: bool,
-                    log_fd: int, exit_path: str, oom_check: Callable[[], bool],
-                    cleanup: Callable[[], None]) -> Launched:
-    """Start the container; returns once its process is set up (or raises RuntimeFailure)."""
+def _container_monitor(req: ContainerRequest, fds: dict[str, int]) -> None:
+    cfg, status_fd = req.cfg, fds["status"]
+    listener = socket.socket(fileno=fds["listener"]) if "listener" in fds else None
 
-    def monitor(status_fd: int) -> None:
-        stdio, outputs, stdin_w = _stdio_pipes(cfg.process)
-        sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sc.unshare(sc.CLONE_NEWPID)
-        child = os.fork()
-        if child == 0:
-            sync.close()
-            _container_child(cfg, child_sync, stdio)
-        child_sync.close()
-        for fd in stdio:
-            os.close(fd)
-        try:
-            _msg, fds = _handshake(sync, child)
-        except SetupError:
-            cleanup()
-            raise
-        pty = fds[0] if fds else None
-        if pty is not None:
-            outputs, stdin_w = {pty: 1}, pty
-        os.write(status_fd, json.dumps({"pid": child, "start": sc.process_start_time(child)}).encode() + b"\n")
-        os.close(status_fd)
-        pump = Pump(child, listener, outputs, stdin_w, pty, LogWriter(log_fd))
-        if wait_attach:
-            pump.wait_first_client(ATTACH_TIMEOUT)
-        result = _pump_to_end(pump, _go_and_check_exec(sync), oom_check)
-        write_file_atomic(exit_path, json.dumps(result.to_json()).encode())
-        pump.finish(result)
+    def cleanup() -> None:
+        with contextlib.suppress(Exception):
+            req.cgroup.destroy()
+        if req.sock_path:
+            with contextlib.suppress(OSError):
+                os.unlink(req.sock_path)
+
+    stdio, outputs, stdin_w = _stdio_pipes(cfg.process)
+    sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sc.unshare(sc.CLONE_NEWPID)
+    child = os.fork()
+    if child == 0:
+        sync.close()
+        _container_child(cfg, child_sync, stdio)
+    child_sync.close()
+    for fd in set(stdio):
+        os.close(fd)
+    try:
+        _msg, received = _handshake(sync, child)
+    except SetupError:
         cleanup()
-
-    keep = (log_fd,) + ((listener.fileno(),) if listener is not None else ())
-    monitor_pid, status = _fork_monitor(monitor, keep, START_TIMEOUT)
-    pid = int(status["pid"])  # type: ignore[call-overload]
-    return Launched(pid, int(status.get("start") or 0), monitor_pid, sc.process_start_time(monitor_pid) or 0)  # type: ignore[call-overload]
-
-
-def start_exec(pidfd: int, cgroup_procs: list[str], proc: ProcessConfig, listener: socket.socket) -> int:
-    """Run ``proc`` inside a running container; returns the exec monitor's pid.  The exit code
-    reaches the attached client in the EXIT frame."""
-
-    def monitor(status_fd: int) -> None:
-        sc.set_dumpable(False)
-        stdio, outputs, stdin_w = _stdio_pipes(proc)
-        sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sc.setns(pidfd, sc.CLONE_NEWPID)  # our children are born in the container's pid namespace
-        child = os.fork()
-        if child == 0:
-            sync.close()
-            _exec_child(pidfd, cgroup_procs, proc, child_sync, stdio)
-        child_sync.close()
-        os.close(pidfd)
-        for fd in stdio:
-            os.close(fd)
-        _msg, fds = _handshake(sync, child)
-        pty = fds[0] if fds else None
-        if pty is not None:
-            outputs, stdin_w = {pty: 1}, pty
-        os.write(status_fd, json.dumps({"pid": child}).encode() + b"\n")
-        os.close(status_fd)
-        pump = Pump(child, listener, outputs, stdin_w, pty, None)
+        raise
+    pty = received[0] if received else None
+    if pty is not None:
+        outputs, stdin_w = {pty: 1}, pty
+    _report(status_fd, child)
+    pump = Pump(child, listener, outputs, stdin_w, pty, LogWriter(fds["log"]))
+    if req.wait_attach:
         pump.wait_first_client(ATTACH_TIMEOUT)
-        pump.finish(_pump_to_end(pump, _go_and_check_exec(sync), None))
+    result = _pump_to_end(pump, _go_and_check_exec(sync), req.cgroup.oom_killed)
+    write_file_atomic(req.exit_path, json.dumps(result.to_json()).encode())
+    pump.finish(result)
+    cleanup()
+    os.close(status_fd)  # EOF tells the daemon we are done, before our own teardown
 
-    monitor_pid, _status = _fork_monitor(monitor, (pidfd, listener.fileno()), START_TIMEOUT)
-    return monitor_pid
+
+def _exec_monitor(req: ExecRequest, fds: dict[str, int]) -> None:
+    sc.set_dumpable(False)
+    proc, pidfd, status_fd = req.proc, fds["pidfd"], fds["status"]
+    listener = socket.socket(fileno=fds["listener"])
+    stdio, outputs, stdin_w = _stdio_pipes(proc)
+    sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sc.setns(pidfd, sc.CLONE_NEWPID)  # our children are born in the container's pid namespace
+    child = os.fork()
+    if child == 0:
+        sync.close()
+        _exec_child(pidfd, req.cgroup_files, proc, child_sync, stdio)
+    child_sync.close()
+    os.close(pidfd)
+    for fd in set(stdio):
+        os.close(fd)
+    _msg, received = _handshake(sync, child)
+    pty = received[0] if received else None
+    if pty is not None:
+        outputs, stdin_w = {pty: 1}, pty
+    _report(status_fd, child)
+    pump = Pump(child, listener, outputs, stdin_w, pty, None)
+    pump.wait_first_client(ATTACH_TIMEOUT)
+    pump.finish(_pump_to_end(pump, _go_and_check_exec(sync), None))
+    os.close(status_fd)
 
 
-def errno_name(err: int) -> str:
-    return errno.errorcode.get(err, str(err))
+def _report(status_fd: int, child: int) -> None:
+    me = os.getpid()
+    line = {"pid": child, "start": sc.process_start_time(child), "monitor": me,
+            "monitor_start": sc.process_start_time(me)}
+    os.write(status_fd, json.dumps(line).encode() + b"\n")
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, (int, str)) else 0
+
+
+def start_container(cfg: ContainerConfig, *, listener: socket.socket | None, wait_attach: bool,
+                    log_fd: int, exit_path: str, cgroup: Cgroup, sock_path: str | None) -> Launched:
+    """Start the container; returns once its process is set up (or raises RuntimeFailure)."""
+    fds = {"log": log_fd} | ({"listener": listener.fileno()} if listener is not None else {})
+    request = ContainerRequest(cfg, wait_attach, exit_path, cgroup, sock_path)
+    status, done_fd = _spawn(request, fds, START_TIMEOUT)
+    return Launched(_int(status["pid"]), _int(status.get("start")), _int(status["monitor"]),
+                    _int(status.get("monitor_start")), done_fd)
+
+
+def start_exec(pidfd: int, cgroup_files: list[str], proc: ProcessConfig, listener: socket.socket) -> Launched:
+    """Run ``proc`` inside a running container.  The exit code reaches the attached client in
+    the EXIT frame; ``done_fd`` reaches EOF when the exec's monitor is finished."""
+    status, done_fd = _spawn(ExecRequest(proc, cgroup_files), {"pidfd": pidfd, "listener": listener.fileno()},
+                             START_TIMEOUT)
+    return Launched(_int(status["pid"]), _int(status.get("start")), _int(status["monitor"]),
+                    _int(status.get("monitor_start")), done_fd)

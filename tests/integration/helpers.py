@@ -1,0 +1,52 @@
+"""Assertions shared by the integration tests: above all, that nothing leaks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import Isobox
+
+
+def cgroup_dirs(box: Isobox, container_id: str | None = None) -> list[Path]:
+    found = []
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        parent = hierarchy / box.cgroup_parent
+        if not parent.is_dir():
+            continue
+        for child in parent.iterdir():
+            if child.is_dir() and (container_id is None or child.name == container_id):
+                found.append(child)
+    return found
+
+
+def processes_under(root: Path) -> list[int]:
+    """Host pids whose cwd or root lies under ``root`` (a container's leftovers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ_root = (entry / "root").resolve()
+        except OSError:
+            continue
+        if str(root) in cmdline.decode(errors="replace") or str(environ_root).startswith(str(root)):
+            pids.append(int(entry.name))
+    return pids
+
+
+def assert_gone(box: Isobox, container_id: str) -> None:
+    assert cgroup_dirs(box, container_id) == [], "cgroup left behind"
+    assert not (box.run_root / "c" / container_id[:16]).exists(), "run dir left behind"
+    assert not (box.root / "containers" / container_id).exists(), "data dir left behind"
+    listed = json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)
+    assert container_id not in [c["Id"] for c in listed], "row left behind"
+
+
+def container_ids(box: Isobox) -> set[str]:
+    return {c["Id"] for c in json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)}
+
+
+def mounts_mentioning(text: str) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]

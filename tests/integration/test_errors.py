@@ -1,0 +1,68 @@
+"""Bad input: one clear line, exit 125, nothing left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Isobox
+from tests.integration.helpers import cgroup_dirs, container_ids
+
+pytestmark = pytest.mark.root
+
+
+def refused(box: Isobox, *args: str) -> str:
+    before = container_ids(box)
+    proc = box.cli(*args)
+    assert proc.returncode == 125, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.strip(), "no error message"
+    assert len(proc.stderr.strip().splitlines()) <= 2  # the error, and at most one hint line
+    assert container_ids(box) == before, "a container was left behind"
+    return proc.stderr
+
+
+def test_unknown_image(isobox: Isobox) -> None:
+    assert "no-such-image" in refused(isobox, "run", "--rm", "no-such-image", "true")
+
+
+def test_bad_memory(isobox: Isobox) -> None:
+    assert "memory" in refused(isobox, "run", "--rm", "--memory", "abc", "busybox", "true").lower()
+
+
+def test_empty_command(isobox: Isobox) -> None:
+    refused(isobox, "run", "--rm", "busybox", "")
+
+
+def test_name_clash(isobox: Isobox) -> None:
+    cid = isobox.cli("create", "--name", "taken", "busybox", "true", check=True).stdout.strip()
+    try:
+        assert "already in use" in refused(isobox, "run", "--name", "taken", "busybox", "true")
+    finally:
+        isobox.cli("rm", cid, check=True)
+
+
+def test_missing_volume_source(isobox: Isobox) -> None:
+    assert "/no/such/dir" in refused(isobox, "run", "--rm", "-v", "/no/such/dir:/data", "busybox", "true")
+
+
+def test_unknown_flag_and_capability(isobox: Isobox) -> None:
+    refused(isobox, "run", "--no-such-flag", "busybox", "true")
+    assert "capability" in refused(isobox, "run", "--rm", "--cap-add", "FLY", "busybox", "true").lower()
+
+
+def test_unknown_container(isobox: Isobox) -> None:
+    assert "no such container" in refused(isobox, "stop", "ghost").lower()
+
+
+def test_failed_start_leaves_nothing(isobox: Isobox, tmp_path) -> None:
+    # A file where the image has a directory: the bind mount fails inside the new namespace,
+    # after the cgroup and directories were made.  All of it must be undone.
+    source = tmp_path / "file"
+    source.write_text("x")
+    before_cgroups = cgroup_dirs(isobox)
+    refused(isobox, "run", "--rm", "-v", f"{source}:/etc", "busybox", "true")
+    assert cgroup_dirs(isobox) == before_cgroups
+    run_dirs = list((isobox.run_root / "c").iterdir()) if (isobox.run_root / "c").exists() else []
+    data_dirs = list((isobox.root / "containers").iterdir()) if (isobox.root / "containers").exists() else []
+    live = container_ids(isobox)
+    assert all(any(cid.startswith(d.name) for cid in live) for d in run_dirs)
+    assert all(d.name in live for d in data_dirs)
