@@ -131,11 +131,15 @@ class WorkloadSpec:
         if not isinstance(data, dict):
             raise InvalidArgument("workload spec must be a JSON object")
         data = dict(data)
+        mounts = data.pop("mounts", None)
+        if mounts is not None and not isinstance(mounts, list):
+            raise InvalidArgument("invalid workload spec: mounts must be a list")
+        resources, security = data.pop("resources", None), data.pop("security", None)
         try:
             nested = {
-                "mounts": [_build(Mount, m) for m in data.pop("mounts", None) or []],
-                "resources": _build(Resources, data.pop("resources", None) or {}),
-                "security": _build(Security, data.pop("security", None) or {}),
+                "mounts": [_build(Mount, m) for m in mounts or []],
+                "resources": _build(Resources, {} if resources is None else resources),
+                "security": _build(Security, {} if security is None else security),
             }
             if "isolation" in data:
                 data["isolation"] = Isolation(data["isolation"])
