@@ -123,3 +123,11 @@ def test_init_reaps_and_forwards(isobox: Isobox) -> None:
 def test_workload_is_pid_1(isobox: Isobox) -> None:
     proc = isobox.cli("run", "--rm", "busybox", "sh", "-c", "echo $$")
     assert proc.stdout.strip() == "1"
+
+
+def test_init_reaps_orphaned_zombies(isobox: Isobox) -> None:
+    # The inner sh exits at once, leaving its background sleep to be re-parented to PID 1.
+    script = "sh -c 'sleep 0.2 &'; sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l"
+    proc = isobox.cli("run", "--rm", "--init", "busybox", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
