@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -125,9 +126,16 @@ def test_workload_is_pid_1(isobox: Isobox) -> None:
     assert proc.stdout.strip() == "1"
 
 
-def test_init_reaps_orphaned_zombies(isobox: Isobox) -> None:
-    # The inner sh exits at once, leaving its background sleep to be re-parented to PID 1.
-    script = "sh -c 'sleep 0.2 &'; sleep 1; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l"
-    proc = isobox.cli("run", "--rm", "--init", "busybox", "sh", "-c", script)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "0"
+@pytest.mark.parametrize("init,zombies", [(True, "0"), (False, "1")])
+def test_init_reaps_orphaned_zombies(isobox: Isobox, init: bool, zombies: str) -> None:
+    # The inner sh leaves a short sleep to be re-parented to PID 1, which then becomes a
+    # long sleep that never calls wait(): only an init reaps the orphan.
+    flags = ["--init"] if init else []
+    cid = isobox.cli("run", "-d", *flags, "busybox", "sh", "-c", "sh -c 'sleep 0.2 &'; exec sleep 60",
+                     check=True).stdout.strip()
+    try:
+        time.sleep(1.5)
+        proc = isobox.cli("exec", cid, "sh", "-c", "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l", check=True)
+        assert proc.stdout.strip() == zombies
+    finally:
+        isobox.cli("rm", "-f", cid)
