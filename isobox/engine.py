@@ -13,6 +13,7 @@ loop and, at start, ``recover()`` re-adopts the live ones and settles the ones t
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 import secrets
@@ -30,9 +31,9 @@ from isobox.images.store import Image, ImageStore
 from isobox.logs import read_entries
 from isobox.runtimes.container import launch, zygote
 from isobox.runtimes.container import syscalls as sc
-from isobox.runtimes.container.zygote import Zygote
 from isobox.runtimes.container.monitor import ExitStatus
 from isobox.runtimes.container.runtime import ContainerRuntime, log_path
+from isobox.runtimes.container.zygote import Zygote
 from isobox.spec import Isolation, WorkloadSpec
 from isobox.state import ContainerRecord, StateStore
 
@@ -117,6 +118,15 @@ class Engine:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Give the engine the daemon's event loop, where it watches workload exits."""
         self.loop = loop
+
+    def prewarm(self) -> None:
+        """Compile what every container start needs, so the first `run` does not pay for it."""
+        from isobox.runtimes.container import caps
+        from isobox.runtimes.container.runtime import compile_seccomp
+        from isobox.spec import Security
+
+        with contextlib.suppress(IsoboxError):
+            compile_seccomp(Security(), caps.resolve([], []))
 
     def close(self) -> None:
         self.store.close()
@@ -472,10 +482,10 @@ class Engine:
 
     # -- images -------------------------------------------------------------------------------
 
-    def images(self) -> list[dict[str, Any]]:
+    def images(self) -> builtins.list[dict[str, Any]]:
         return [image.to_dict() for image in self.image_store.list()]
 
-    def remove_image(self, ref: str, force: bool = False) -> list[str]:
+    def remove_image(self, ref: str, force: bool = False) -> builtins.list[str]:
         image = self.image_store.resolve(ref)
         in_use = self.store.containers_using_image(image.id)
         if force and in_use and self.image_store.resolve(ref).id == image.id:

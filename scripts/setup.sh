@@ -38,6 +38,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "isobox setup: installing Python packages into .venv"
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[dev]'
+    # compat mode: a plain .pth path entry; the default editable finder adds ~22 ms to every start.
+    .venv/bin/pip install -q -e '.[dev]' --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi

@@ -17,7 +17,6 @@ Only the daemon-side functions here return; everything after a fork ends in ``os
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import gc
 import json
@@ -35,6 +34,7 @@ from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.runtimes.container import rootfs, seccomp
 from isobox.runtimes.container import syscalls as sc
+from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
 from isobox.runtimes.container.monitor import ExitStatus, Pump, exit_code_of, write_file_atomic
 from isobox.runtimes.container.process import Identity, become, exec_workload, prepare_env, resolve_identity

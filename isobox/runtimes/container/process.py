@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import isobox.runtimes.container.seccomp as seccomp
 from isobox.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, InvalidArgument
 from isobox.runtimes.container import caps as capabilities
-from isobox.runtimes.container import seccomp
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.config import ProcessConfig
 

@@ -1,0 +1,259 @@
+"""The argparse tree of ``isobox``, Docker's verbs and flags.
+
+argparse is slow to build (each sub-parser and each ``add_argument`` does real work): the
+whole tree costs 5-10 ms here, and every ``isobox run`` would pay it.  So ``parse()`` builds
+just the parser of the verb on the command line when it recognises one, and the whole tree
+only for help and mistakes, where its messages are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from isobox import __version__
+from isobox.cli.runflags import add_run_flags
+
+
+class UsageError(Exception):
+    def __init__(self, message: str, prog: str = "isobox") -> None:
+        super().__init__(message)
+        self.message = message
+        self.prog = prog
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(_docker_wording(message), self.prog)
+
+
+def _docker_wording(message: str) -> str:
+    """argparse's messages, shortened to one line in the words docker uses."""
+    required = "the following arguments are required: "
+    if message.startswith(required):
+        names = [n.strip() for n in message[len(required):].split(",") if n.strip() != "command"]
+        return f"missing {', '.join(n.upper() for n in names)}"
+    if message.startswith("argument COMMAND: invalid choice: "):
+        return "unknown command " + message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0]
+    return message
+
+
+_columns: int | None = None
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse makes a formatter per add_argument; its default asks shutil (an import of
+    shutil, bz2, lzma) for the terminal width each time."""
+    global _columns
+    if _columns is None:
+        try:
+            _columns = int(os.environ.get("COLUMNS", "0")) or os.get_terminal_size(1).columns
+        except (OSError, ValueError):
+            _columns = 80
+    return argparse.HelpFormatter(prog, width=max(_columns - 2, 40))
+
+
+# -- the verbs' flags ------------------------------------------------------------------------------
+
+Flags = Callable[[argparse.ArgumentParser], None]
+
+
+def _run(p: argparse.ArgumentParser) -> None:
+    add_run_flags(p, detach=True)
+
+
+def _create(p: argparse.ArgumentParser) -> None:
+    add_run_flags(p, detach=False)
+
+
+def _containers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _start(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--attach", action="store_true", help="attach stdout/stderr and exit with its code")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin")
+    _containers(p)
+
+
+def _stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--time", "--timeout", dest="time", type=int, metavar="SECONDS",
+                   help="seconds to wait before killing (default: the workload's --stop-timeout)")
+    _containers(p)
+
+
+def _kill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    _containers(p)
+
+
+def _rm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill running ones first")
+    _containers(p)
+
+
+def _ps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="include stopped ones")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    p.add_argument("--format", help="json, table TEMPLATE or a Go-style template ({{.Names}})")
+
+
+def _logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    p.add_argument("-n", "--tail", default="all", help='lines from the end ("all" by default)')
+    p.add_argument("-t", "--timestamps", action="store_true", help="prefix timestamps")
+    p.add_argument("container", metavar="CONTAINER")
+
+
+def _exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--privileged", action="store_true", help="all capabilities, no seccomp")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+
+def _inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", help="Go-style template, e.g. {{.State.Status}}")
+    _containers(p)
+
+
+def _stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-stream", action="store_true", help="print once")
+    p.add_argument("-a", "--all", action="store_true", help="include stopped ones")
+    p.add_argument("--format", help="json or a Go-style template")
+    p.add_argument("containers", nargs="*", metavar="CONTAINER")
+
+
+def _image_ls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--format", help="json or a Go-style template")
+
+
+def _image_rm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="even if workloads use them")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def _image_build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="KIND", help="what to build: busybox")
+    p.add_argument("-t", "--tag", help="name:tag (default KIND:latest)")
+
+
+def _format_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", help="json or a Go-style template")
+
+
+# (name, aliases, command key, help, flags, argparse's -h)
+Verb = tuple[str, tuple[str, ...], str, str, Flags, bool]
+
+IMAGE_VERBS: list[Verb] = [
+    ("ls", ("list",), "image_ls", "List images", _image_ls, True),
+    ("rm", ("remove",), "image_rm", "Remove images", _image_rm, True),
+    ("build", (), "image_build", "Build an image locally", _image_build, True),
+]
+SYSTEM_VERBS: list[Verb] = [
+    ("info", (), "system_info", "What this host offers each isolation level", _format_only, True),
+]
+
+
+def _group(verbs: list[Verb], prog: str) -> Flags:
+    def flags(p: argparse.ArgumentParser) -> None:
+        p.set_defaults(help_parser=p)
+        # An explicit prog: otherwise argparse builds a formatter to compute it.
+        sub = p.add_subparsers(title="commands", metavar="COMMAND", prog=prog)
+        for verb in verbs:
+            _add(sub, verb, fill=True)
+
+    return flags
+
+
+VERBS: list[Verb] = [
+    ("run", (), "run", "Create and start a workload", _run, False),  # -h is --hostname
+    ("create", (), "create", "Create a workload without starting it", _create, False),
+    ("start", (), "start", "Start created or stopped workloads", _start, True),
+    ("stop", (), "stop", "Stop workloads (SIGTERM, then SIGKILL after the timeout)", _stop, True),
+    ("kill", (), "kill", "Send a signal to workloads", _kill, True),
+    ("rm", ("remove",), "rm", "Remove workloads", _rm, True),
+    ("ps", ("ls",), "ps", "List workloads", _ps, True),
+    ("logs", (), "logs", "Show a workload's output", _logs, True),
+    ("exec", (), "exec", "Run a command in a running workload", _exec, True),
+    ("inspect", (), "inspect", "Show workloads' details as JSON", _inspect, True),
+    ("wait", (), "wait", "Wait for workloads to stop, print their exit codes", _containers, True),
+    ("stats", (), "stats", "Live resource usage", _stats, True),
+    ("image", (), "help", "Manage images", _group(IMAGE_VERBS, "isobox image"), True),
+    ("images", (), "image_ls", "List images (image ls)", _image_ls, True),
+    ("rmi", (), "image_rm", "Remove images (image rm)", _image_rm, True),
+    ("system", (), "help", "Host checks and daemon information", _group(SYSTEM_VERBS, "isobox system"), True),
+    ("info", (), "system_info", "What this host offers each isolation level (system info)", _format_only, True),
+    ("version", (), "version", "Client and daemon versions", _format_only, True),
+]
+
+
+def _add(sub: Any, verb: Verb, fill: bool) -> None:  # argparse._SubParsersAction
+    name, aliases, cmd, text, flags, add_help = verb
+    p = sub.add_parser(name, aliases=list(aliases), help=text, description=text, add_help=add_help,
+                       allow_abbrev=False, formatter_class=_formatter)
+    p.set_defaults(cmd=cmd)
+    if fill:
+        flags(p)
+
+
+def build_parser(verb: str | None = None) -> Parser:
+    """The whole tree's names; the flags of ``verb`` only (of every verb when None)."""
+    parser = Parser(prog="isobox", allow_abbrev=False, formatter_class=_formatter,
+                    description="Run workloads as containers, gVisor sandboxes or VMs from one image and one spec.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"isobox version {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", prog="isobox")
+    for entry in VERBS:
+        _add(sub, entry, fill=verb is None or verb == entry[0] or verb in entry[1])
+    return parser
+
+
+def _find(verbs: list[Verb], word: str) -> Verb | None:
+    return next((v for v in verbs if word == v[0] or word in v[1]), None)
+
+
+def _leaf(argv: list[str]) -> tuple[Verb, str, list[str]] | None:
+    """The verb an argv names, its prog and its arguments -- if the argv is that plain."""
+    i = next((n for n, word in enumerate(argv) if not word.startswith("-")), None)
+    if i is None or any(word != "--debug" for word in argv[:i]):
+        return None  # --help, --version, a mistake: the whole tree handles those
+    word = argv[i]
+    verb = _find(VERBS, word)
+    group = {"image": IMAGE_VERBS, "system": SYSTEM_VERBS}.get(verb[0]) if verb else None
+    if verb is None or (group is not None and (len(argv) <= i + 1 or _find(group, argv[i + 1]) is None)):
+        return None
+    if group is not None:
+        leaf = _find(group, argv[i + 1])
+        assert leaf is not None
+        return leaf, f"isobox {word} {argv[i + 1]}", argv[i + 2:]
+    return verb, f"isobox {word}", argv[i + 1:]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    found = _leaf(argv)
+    if found is not None:
+        (_, _, cmd, text, flags, add_help), prog, rest = found
+        parser = Parser(prog=prog, description=text, add_help=add_help, allow_abbrev=False,
+                        formatter_class=_formatter)
+        flags(parser)
+        namespace = argparse.Namespace(cmd=cmd, debug="--debug" in argv, help_parser=parser)
+        args, extras = parser.parse_known_args(rest, namespace=namespace)
+    else:
+        verb = next((a for a in argv if not a.startswith("-")), "")
+        parser = build_parser(verb)
+        prog = f"isobox {verb}".strip()
+        args, extras = parser.parse_known_args(argv, namespace=argparse.Namespace(help_parser=parser))
+    if extras:
+        first = extras[0]
+        raise UsageError(f"unknown flag: {first}" if first.startswith("-") else f"unexpected argument {first!r}",
+                         parser.prog if found else prog)
+    return args
