@@ -200,7 +200,8 @@ class Engine:
                                         oom_killed=int(status.oom_killed), error=status.error,
                                         finished_at=status.finished_at or time.time())
             self._final[rec.id] = status
-            self.runtime.cleanup(rec)
+            if not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+                self.runtime.cleanup(rec)  # a monitor that died cannot have cleaned up
             self._notify(self._exited, rec.id)
             if rec.spec.get("auto_remove"):
                 self._remove_record(rec)
@@ -263,6 +264,7 @@ class Engine:
                 return StartInfo(rec.id, rec.name)
             spec = WorkloadSpec.from_dict(rec.spec)
             image = self.image_store.resolve(rec.image_id)
+            self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
             launched, applied, sock = self.runtime.start(rec, spec, image, attach)
             self.store.update_container(
                 rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
@@ -317,7 +319,19 @@ class Engine:
                 rec = self.store.find_container(rec.id)
         self._remove_record(rec)
 
+    def _monitor_gone(self, rec: ContainerRecord, timeout: float = 10.0) -> None:
+        """Wait until the monitor has finished its own cleanup (it reports the exit first)."""
+        if not rec.monitor_pid or not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            pidfd = os.pidfd_open(rec.monitor_pid)
+            try:
+                select.select([pidfd], [], [], timeout)
+            finally:
+                os.close(pidfd)
+
     def _remove_record(self, rec: ContainerRecord) -> None:
+        self._monitor_gone(rec)
         with self._lock:
             self.runtime.remove(rec)
             self.store.delete_container(rec.id)

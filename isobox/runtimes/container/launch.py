@@ -380,10 +380,10 @@ def _container_monitor(req: ContainerRequest, fds: dict[str, int]) -> None:
     if req.wait_attach:
         pump.wait_first_client(ATTACH_TIMEOUT)
     result = _pump_to_end(pump, _go_and_check_exec(sync), req.cgroup.oom_killed)
-    write_file_atomic(req.exit_path, json.dumps(result.to_json()).encode())
+    write_file_atomic(req.exit_path, json.dumps(result.to_json()).encode(), durable=False)
     pump.finish(result)
-    cleanup()
-    os.close(status_fd)  # EOF tells the daemon we are done, before our own teardown
+    os.close(status_fd)  # EOF: the exit is recorded; the daemon can answer `wait` now
+    cleanup()  # the daemon waits for our exit (not this EOF) before it reuses or removes things
 
 
 def _exec_monitor(req: ExecRequest, fds: dict[str, int]) -> None:

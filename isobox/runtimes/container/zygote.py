@@ -67,8 +67,7 @@ def _serve(sock: socket.socket, parent: int) -> None:
             if not data:
                 os._exit(0)
             request, names = pickle.loads(data)
-            gc.collect()
-            gc.freeze()
+            gc.freeze()  # the fork's copy-on-write pages stay shared: no collector walks them
             if os.fork() == 0:
                 sock.close()
                 launch.run_monitor(request, dict(zip(names, fds, strict=True)))
