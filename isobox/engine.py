@@ -29,6 +29,7 @@ from isobox import __version__, names, paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError, NotFound
 from isobox.images.store import Image, ImageStore
 from isobox.logs import read_entries
+from isobox.runtimes.base import ExecRequest, Runtime
 from isobox.runtimes.container import launch, zygote
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus
@@ -100,7 +101,7 @@ class Engine:
         paths.run_root().mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = store or StateStore(paths.database_path())
         self.image_store = ImageStore(self.store)
-        self.runtime = ContainerRuntime()
+        self.runtimes: dict[str, Runtime] = {Isolation.CONTAINER.value: ContainerRuntime()}
         self._zygote: Zygote | None = None
         if not launch.zygote_active():
             # The daemon starts one before loading its web stack; anyone else gets one here.
@@ -176,6 +177,13 @@ class Engine:
 
         self.loop.call_soon_threadsafe(add)
 
+    def _runtime(self, rec: ContainerRecord) -> Runtime:
+        return self.runtimes[rec.spec.get("isolation", Isolation.CONTAINER.value)]
+
+    @staticmethod
+    def _alive(pid: int | None, start: int | None) -> bool:
+        return bool(pid) and sc.process_start_time(pid) == start  # type: ignore[arg-type]
+
     @staticmethod
     def _reap(pid: int) -> None:
         with contextlib.suppress(ChildProcessError):
@@ -193,22 +201,22 @@ class Engine:
                 return
             if rec.state != "running" or rec.monitor_pid != monitor_pid:
                 return
-            status = self.runtime.collect_exit(rec) or ExitStatus(
+            status = self._runtime(rec).collect_exit(rec) or ExitStatus(
                 255, error="the container's monitor ended without recording an exit status",
                 finished_at=time.time())
             self.store.update_container(rec.id, state="exited", exit_code=status.exit_code,
                                         oom_killed=int(status.oom_killed), error=status.error,
                                         finished_at=status.finished_at or time.time())
             self._final[rec.id] = status
-            if not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
-                self.runtime.cleanup(rec)  # a monitor that died cannot have cleaned up
+            if not self._alive(rec.monitor_pid, rec.monitor_start):
+                self._runtime(rec).cleanup(rec)  # a monitor that died cannot have cleaned up
             self._notify(self._exited, rec.id)
             if rec.spec.get("auto_remove"):
                 self._remove_record(rec)
 
     def _wait_monitor(self, rec: ContainerRecord, timeout: float) -> bool:
         """Block (in a worker thread) until the monitor ends; then settle the container now."""
-        if not rec.monitor_pid or not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+        if not rec.monitor_pid or not self._alive(rec.monitor_pid, rec.monitor_start):
             self._monitor_exited(rec.id, rec.monitor_pid or 0)
             return True
         try:
@@ -227,7 +235,7 @@ class Engine:
     def recover(self) -> None:
         """Reconcile the database with reality at daemon start (re-adopt, mark exited)."""
         for rec in self.store.containers("running"):
-            if rec.monitor_pid and self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+            if rec.monitor_pid and self._alive(rec.monitor_pid, rec.monitor_start):
                 self._watch(rec.id, rec.monitor_pid)
             else:
                 self._monitor_exited(rec.id, rec.monitor_pid or 0)
@@ -239,14 +247,15 @@ class Engine:
 
     def create(self, spec: WorkloadSpec) -> StartInfo:
         spec.validate()
-        if spec.isolation != Isolation.CONTAINER:
+        runtime = self.runtimes.get(spec.isolation.value)
+        if runtime is None:
             raise InvalidArgument(f"isolation {spec.isolation.value!r} is not available yet",
-                                  hint="use --isolation container (the default)")
+                                  hint=f"available here: {', '.join(self.runtimes)}")
         if spec.network not in ("none", "default", "bridge"):
             raise InvalidArgument(f"network {spec.network!r} is not available yet",
                                   hint="only --network none is supported until networking lands")
         image = self._image(spec.image)
-        self.runtime.validate(spec, image)
+        runtime.validate(spec, image)
         container_id = secrets.token_hex(32)
         rec = ContainerRecord(id=container_id, name=spec.name or names.generate(), image_id=image.id,
                               image_ref=spec.image, spec=spec.to_dict())
@@ -258,14 +267,14 @@ class Engine:
         ``attach_socket``, so no output is lost."""
         with self._lock:
             rec = self.store.find_container(ref)
-            if rec.state == "running" and self.runtime.is_alive(rec.pid, rec.pid_start):
+            if rec.state == "running" and self._alive(rec.pid, rec.pid_start):
                 if attach:
                     raise Conflict(f"container {rec.name} is already running")
                 return StartInfo(rec.id, rec.name)
             spec = WorkloadSpec.from_dict(rec.spec)
             image = self.image_store.resolve(rec.image_id)
             self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
-            launched, applied, sock = self.runtime.start(rec, spec, image, attach)
+            launched, applied, sock = self._runtime(rec).start(rec, spec, image, attach)
             self.store.update_container(
                 rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
                 monitor_pid=launched.monitor_pid, monitor_start=launched.monitor_start,
@@ -293,10 +302,10 @@ class Engine:
             return
         grace = timeout if timeout is not None else int(rec.spec.get("stop_timeout", 10))
         with contextlib.suppress(Conflict):
-            self.runtime.signal(rec, signals.SIGTERM)
+            self._runtime(rec).signal(rec, signals.SIGTERM)
         if not self._wait_monitor(rec, grace):
             with contextlib.suppress(Conflict):
-                self.runtime.signal(rec, signals.SIGKILL)
+                self._runtime(rec).signal(rec, signals.SIGKILL)
             self._wait_monitor(rec, 30)
 
     def kill(self, ref: str, signal: str | int = "KILL") -> None:
@@ -304,7 +313,7 @@ class Engine:
         rec = self.store.find_container(ref)
         if rec.state != "running":
             raise Conflict(f"cannot kill container {rec.name}: container is not running")
-        self.runtime.signal(rec, number)
+        self._runtime(rec).signal(rec, number)
 
     def remove(self, ref: str, force: bool = False) -> None:
         rec = self.store.find_container(ref)
@@ -313,7 +322,7 @@ class Engine:
                 raise Conflict(f"cannot remove container {rec.name}: container is running",
                                hint="stop the container before removing or force remove (rm -f)")
             with contextlib.suppress(Conflict):
-                self.runtime.signal(rec, signals.SIGKILL)
+                self._runtime(rec).signal(rec, signals.SIGKILL)
             self._wait_monitor(rec, 30)
             with contextlib.suppress(NotFound):
                 rec = self.store.find_container(rec.id)
@@ -321,7 +330,7 @@ class Engine:
 
     def _monitor_gone(self, rec: ContainerRecord, timeout: float = 10.0) -> None:
         """Wait until the monitor has finished its own cleanup (it reports the exit first)."""
-        if not rec.monitor_pid or not self.runtime.is_alive(rec.monitor_pid, rec.monitor_start):
+        if not rec.monitor_pid or not self._alive(rec.monitor_pid, rec.monitor_start):
             return
         with contextlib.suppress(ProcessLookupError):
             pidfd = os.pidfd_open(rec.monitor_pid)
@@ -333,7 +342,7 @@ class Engine:
     def _remove_record(self, rec: ContainerRecord) -> None:
         self._monitor_gone(rec)
         with self._lock:
-            self.runtime.remove(rec)
+            self._runtime(rec).remove(rec)
             self.store.delete_container(rec.id)
             self._cpu_samples.pop(rec.id, None)
             self._notify(self._removed, rec.id)
@@ -469,9 +478,9 @@ class Engine:
             raise Conflict(f"container {rec.name} is not running")
         wspec = WorkloadSpec.from_dict(rec.spec)
         image = self.image_store.resolve(rec.image_id)
-        process = self.runtime.exec_process(rec, wspec, image, spec.command, spec.env, spec.workdir,
-                                            spec.user, spec.tty, spec.interactive, spec.privileged)
-        launched, sock = self.runtime.exec(rec, process)
+        request = ExecRequest(spec.command, spec.env, spec.workdir, spec.user, spec.tty, spec.interactive,
+                              spec.privileged)
+        launched, sock = self._runtime(rec).exec(rec, wspec, image, request)
         self._watch(None, launched.monitor_pid, launched.done_fd)
         return ExecInfo(secrets.token_hex(16), sock)
 
@@ -480,14 +489,14 @@ class Engine:
         if rec.state != "running":
             raw: dict[str, Any] = {}
         else:
-            raw = self.runtime.stats(rec)
+            raw = self._runtime(rec).stats(rec)
             now = time.monotonic()
             usage = int(raw.get("cpu_usage_ns") or 0)
             last = self._cpu_samples.get(rec.id)
             if last is None:
                 time.sleep(0.1)
                 last = (now, usage)
-                raw = self.runtime.stats(rec) or raw
+                raw = self._runtime(rec).stats(rec) or raw
                 now, usage = time.monotonic(), int(raw.get("cpu_usage_ns") or 0)
             self._cpu_samples[rec.id] = (now, usage)
             elapsed = max(now - last[0], 1e-6)
@@ -528,7 +537,7 @@ class Engine:
             "containers": len(containers),
             "running": sum(1 for c in containers if c.state == "running"),
             "images": len(self.image_store.list()),
-            "cgroup_version": self.runtime.layout.version,
+            "isolation_levels": {name: rt.host_facts() for name, rt in self.runtimes.items()},
         }
         return info
 

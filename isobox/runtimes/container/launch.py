@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
+from isobox.runtimes.base import Launched
 from isobox.runtimes.container import rootfs, seccomp
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.cgroups import Cgroup
@@ -46,13 +47,6 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUI
                      signal.SIGUSR2, signal.SIGWINCH)
 
 
-@dataclass
-class Launched:
-    pid: int
-    pid_start: int
-    monitor_pid: int
-    monitor_start: int
-    done_fd: int  # the status pipe's read end: EOF once the monitor has settled the exit
 
 
 class SetupError(Exception):

@@ -20,11 +20,11 @@ from typing import Any
 from isobox import paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError
 from isobox.images.store import Image
+from isobox.runtimes.base import ExecRequest, Launched
 from isobox.runtimes.container import caps as capabilities
 from isobox.runtimes.container import cgroups, launch, seccomp
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.config import MASKED_PATHS, READONLY_PATHS, ContainerConfig, ProcessConfig
-from isobox.runtimes.container.launch import Launched
 from isobox.runtimes.container.monitor import ExitStatus, read_exit_file
 from isobox.spec import Security, WorkloadSpec
 from isobox.state import ContainerRecord
@@ -209,10 +209,9 @@ class ContainerRuntime:
             return None
         return pidfd
 
-    def is_alive(self, pid: int | None, start: int | None) -> bool:
-        return bool(pid) and sc.process_start_time(pid) == start  # type: ignore[arg-type]
-
-    def exec(self, rec: ContainerRecord, process: ProcessConfig) -> tuple[Launched, str]:
+    def exec(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
+             request: ExecRequest) -> tuple[Launched, str]:
+        process = self._exec_process(spec, image, request)
         pidfd = self._pidfd(rec)
         if pidfd is None:
             raise Conflict(f"container {rec.name} is not running")
@@ -226,17 +225,19 @@ class ContainerRuntime:
             os.close(pidfd)
         return launched, str(sock_path)
 
-    def exec_process(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image, command: list[str],
-                     env: dict[str, str], workdir: str | None, user: str | None, tty: bool,
-                     interactive: bool, privileged: bool) -> ProcessConfig:
-        caps = capabilities.resolve(["ALL"] if privileged else spec.security.cap_add, spec.security.cap_drop)
-        bpf = None if privileged else compile_seccomp(spec.security, caps)[0]
+    def _exec_process(self, spec: WorkloadSpec, image: Image, request: ExecRequest) -> ProcessConfig:
+        sec = spec.security
+        caps = capabilities.resolve(["ALL"] if request.privileged else sec.cap_add, sec.cap_drop)
+        bpf = None if request.privileged else compile_seccomp(sec, caps)[0]
         base = build_process(spec, image, caps, bpf)
-        merged = dict(base.env)
-        merged.update(env)
-        return ProcessConfig(argv=command, env=merged, cwd=workdir or base.cwd,
-                             user=user if user is not None else base.user, caps=caps, seccomp_bpf=bpf,
-                             no_new_privs=base.no_new_privs, tty=tty, interactive=interactive)
+        env = {**base.env, **request.env}
+        return ProcessConfig(argv=request.command, env=env, cwd=request.workdir or base.cwd,
+                             user=request.user if request.user is not None else base.user, caps=caps,
+                             seccomp_bpf=bpf, no_new_privs=base.no_new_privs, tty=request.tty,
+                             interactive=request.interactive)
+
+    def host_facts(self) -> dict[str, Any]:
+        return {"cgroup_version": self.layout.version}
 
     def stats(self, rec: ContainerRecord) -> dict[str, Any]:
         try:
