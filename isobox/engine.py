@@ -29,11 +29,12 @@ from isobox import __version__, names, paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError, NotFound
 from isobox.images.store import Image, ImageStore
 from isobox.logs import read_entries
+from isobox.runtimes import registry
 from isobox.runtimes.base import ExecRequest, Runtime
 from isobox.runtimes.container import launch, zygote
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus
-from isobox.runtimes.container.runtime import ContainerRuntime, log_path
+from isobox.runtimes.container.runtime import log_path
 from isobox.runtimes.container.zygote import Zygote
 from isobox.spec import Isolation, WorkloadSpec
 from isobox.state import ContainerRecord, StateStore
@@ -101,7 +102,7 @@ class Engine:
         paths.run_root().mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = store or StateStore(paths.database_path())
         self.image_store = ImageStore(self.store)
-        self.runtimes: dict[str, Runtime] = {Isolation.CONTAINER.value: ContainerRuntime()}
+        self.runtimes: dict[str, Runtime] = registry.load_runtimes()
         self._zygote: Zygote | None = None
         if not launch.zygote_active():
             # The daemon starts one before loading its web stack; anyone else gets one here.
