@@ -79,6 +79,7 @@ ALL = "ALL"
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -196,6 +197,12 @@ def capbset_drop(cap: int) -> None:
 def ambient_clear_all() -> None:
     if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0:
         oserror("prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+
+def ambient_raise(cap: int) -> None:
+    """Add ``cap`` to the ambient set (it must be permitted and inheritable already)."""
+    if libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0:
+        oserror(f"prctl(PR_CAP_AMBIENT_RAISE, {cap})")
 
 
 def capget() -> tuple[int, int, int]:

@@ -127,6 +127,8 @@ class Limits:
     """CPUs' worth of time per CFS period (quota = cpus * 100000 us)."""
     pids: int | None = None
     devices: tuple[DeviceRule, ...] = DEFAULT_DEVICE_RULES
+    memory_swap: int | None = None
+    """Bytes of RAM + swap (Docker's --memory-swap); ``None``: no swap beyond ``memory``, -1: unlimited."""
 
     def validate(self) -> None:
         if self.memory is not None and (isinstance(self.memory, bool) or self.memory <= 0):
@@ -488,7 +490,8 @@ class Cgroup:
             # memsw (memory+swap) must be >= memory, so memory goes first; memsw is absent when
             # swap accounting is off, and then there is no swap to limit.
             cgroup._put("memory", "memory.limit_in_bytes", str(limits.memory))
-            cgroup._put("memory", "memory.memsw.limit_in_bytes", str(limits.memory), optional=True)
+            memsw = limits.memory if limits.memory_swap is None else limits.memory_swap
+            cgroup._put("memory", "memory.memsw.limit_in_bytes", str(memsw), optional=True)
         if limits.cpus is not None:
             cgroup._put("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US))
             cgroup._put("cpu", "cpu.cfs_quota_us", str(limits.cpu_quota_us()))
@@ -522,7 +525,9 @@ class Cgroup:
         if limits.memory is not None:
             cgroup._put("unified", "memory.max", str(limits.memory))
             # Absent without swap accounting (CONFIG_MEMCG_SWAP off or swapaccount=0).
-            cgroup._put("unified", "memory.swap.max", "0", optional=True)
+            swap = "0" if limits.memory_swap is None else (
+                "max" if limits.memory_swap < 0 else str(max(limits.memory_swap - limits.memory, 0)))
+            cgroup._put("unified", "memory.swap.max", swap, optional=True)
         if limits.cpus is not None:
             cgroup._put("unified", "cpu.max", f"{limits.cpu_quota_us()} {CPU_PERIOD_US}")
         if "pids" in layout.controllers:

@@ -30,6 +30,44 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+@dataclass(frozen=True)
+class CapSets:
+    """The five capability sets of an OCI ``process.capabilities`` (names without ``CAP_``)."""
+
+    bounding: tuple[str, ...] = ()
+    effective: tuple[str, ...] = ()
+    permitted: tuple[str, ...] = ()
+    inheritable: tuple[str, ...] = ()
+    ambient: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """One explicit mount (an OCI ``mounts`` entry), already parsed into mount(2) arguments."""
+
+    destination: str
+    fstype: str | None  # None for a bind mount
+    source: str | None
+    flags: int = 0  # MS_* flags, without MS_BIND/MS_REC
+    data: str | None = None
+    bind: bool = False
+    recursive: bool = False
+    propagation: int = 0  # MS_SHARED/MS_SLAVE/MS_PRIVATE/MS_UNBINDABLE (| MS_REC), applied after
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """A device node to create in the container's /dev (OCI ``linux.devices``)."""
+
+    path: str
+    kind: str  # c, b, u (unbuffered char), p (fifo)
+    major: int
+    minor: int
+    mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+
+
 @dataclass
 class ProcessConfig:
     """What is executed, and with which identity and restrictions (shared by run and exec)."""
@@ -43,6 +81,13 @@ class ProcessConfig:
     no_new_privs: bool = True
     tty: bool = False
     interactive: bool = False
+    # Set by explicit (OCI) configurations; the defaults keep the daemon's behaviour.
+    uid: int | None = None  # when set, user is ignored: uid/gid/additional_gids are used as given
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    cap_sets: CapSets | None = None  # when set, replaces caps
+    rlimits: tuple[tuple[int, int, int], ...] = ()  # (RLIMIT_*, soft, hard)
+    umask: int | None = None
 
 
 @dataclass
@@ -60,3 +105,9 @@ class ContainerConfig:
     init: bool = False
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
+    # An explicit mount list (OCI) replaces the default /proc, /sys, /dev and the volumes;
+    # with no lowerdirs the root is ``rootfs`` itself, bind-mounted (no overlay).
+    mount_plan: list[MountSpec] | None = None
+    devices: tuple[DeviceNode, ...] = ()
+    sysctl: dict[str, str] = field(default_factory=dict)
+    root_propagation: int = 0  # 0: MS_REC|MS_PRIVATE

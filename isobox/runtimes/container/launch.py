@@ -21,6 +21,7 @@ import fcntl
 import gc
 import json
 import os
+import pickle
 import select
 import signal
 import socket
@@ -29,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
@@ -42,6 +44,7 @@ from isobox.runtimes.container.process import Identity, become, exec_workload, p
 
 CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
 START_TIMEOUT = 30.0
+MAX_MESSAGE = 1 << 20  # the sync socket is SOCK_SEQPACKET: one message, one config
 ATTACH_TIMEOUT = 60.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                      signal.SIGUSR2, signal.SIGWINCH)
@@ -112,28 +115,89 @@ class ExecRequest:
     cgroup_files: list[str]
 
 
-Request = ContainerRequest | ExecRequest
+class MonitorBody(Protocol):
+    """Another level's monitor (gVisor's runs runsc): picklable, and its ``serve`` is the whole
+    body of the forked monitor after the common set-up of ``run_monitor``."""
+
+    def serve(self, fds: dict[str, int]) -> None: ...
 
 
-def run_monitor(request: Request, fds: dict[str, int]) -> None:
+Request = ContainerRequest | ExecRequest | MonitorBody
+
+
+def become_monitor() -> None:
+    """What every freshly forked monitor does first: its own session, default signals, no GC."""
+    os.setsid()
+    _reset_signals()
+    gc.disable()
+    devnull = os.open("/dev/null", os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+@dataclass
+class Prepared:
+    """A PID namespace and its init, forked ahead of any request (the zygote's pool), waiting
+    on ``sync`` for the config: the two forks of a start happen before it is asked for."""
+
+    child: int
+    sync: socket.socket
+
+    def discard(self) -> None:
+        """Not a container request after all: let the init go and fork into our own
+        PID namespace again (a namespace whose init has died refuses new processes)."""
+        self.sync.close()  # EOF: the waiting child exits
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.child, 0)
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(own, sc.CLONE_NEWPID)
+        finally:
+            os.close(own)
+
+
+def prepare_container_child() -> Prepared:
+    sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sc.unshare(sc.CLONE_NEWPID)
+    child = os.fork()
+    if child == 0:
+        sync.close()
+        _prepared_child(child_sync)
+    child_sync.close()
+    return Prepared(child, sync)
+
+
+def _prepared_child(sync: socket.socket) -> None:
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sync, MAX_MESSAGE, 3)
+        if data:
+            _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]))
+    finally:
+        os._exit(1)
+
+
+def run_monitor(request: Request, fds: dict[str, int], prepared: Prepared | None = None) -> None:
     """The body of a freshly forked monitor (from the daemon or the zygote); never returns.
 
     ``fds`` holds ``status`` (the pipe to the daemon) and, as the request needs them,
-    ``listener``, ``log`` and ``pidfd``.
+    ``listener``, ``log`` and ``pidfd``.  ``prepared``: a pool monitor's pre-forked init.
     """
     code = 1
     status_fd = fds["status"]
     try:
-        os.setsid()
-        _reset_signals()
-        gc.disable()
-        devnull = os.open("/dev/null", os.O_RDWR)
-        os.dup2(devnull, 0)
-        sc.close_range_from(3, tuple(fds.values()))
+        if prepared is None:
+            become_monitor()
+        keep = tuple(fds.values()) + ((prepared.sync.fileno(),) if prepared is not None else ())
+        sc.close_range_from(3, keep)
         if isinstance(request, ContainerRequest):
-            _container_monitor(request, fds)
+            _container_monitor(request, fds, prepared)
         else:
-            _exec_monitor(request, fds)
+            if prepared is not None:
+                prepared.discard()
+            if isinstance(request, ExecRequest):
+                _exec_monitor(request, fds)
+            else:
+                request.serve(fds)
         code = 0
     except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
         with contextlib.suppress(OSError):
@@ -183,6 +247,14 @@ def _spawn(request: Request, fds: dict[str, int], timeout: float) -> tuple[dict[
             os.waitpid(direct_pid, 0)
         raise
     return status, status_r
+
+
+def spawn_monitor(request: MonitorBody, fds: dict[str, int], timeout: float = START_TIMEOUT) -> Launched:
+    """Start another level's monitor like a container's; it reports its status line with
+    ``report_started`` and the returned ``done_fd`` reaches EOF when it has finished."""
+    status, done_fd = _spawn(request, fds, timeout)
+    return Launched(_int(status["pid"]), _int(status.get("start")), _int(status["monitor"]),
+                    _int(status.get("monitor_start")), done_fd)
 
 
 def _stdio_pipes(proc: ProcessConfig) -> tuple[tuple[int, int, int], dict[int, int], int | None]:
@@ -266,16 +338,30 @@ def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
     _exec_or_report(proc, env, sync)
 
 
+def setup_container(cfg: ContainerConfig, namespaces: int = CONTAINER_NAMESPACES,
+                    join: tuple[tuple[int, int], ...] = ()) -> None:
+    """What a container's first process does before becoming the workload (daemon and OCI paths):
+    join its cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
+    set the hostname, bring up lo and build the root."""
+    for procs in cfg.cgroup_procs:
+        with open(procs, "w") as fh:
+            fh.write("0")
+    for fd, nstype in join:
+        sc.setns(fd, nstype)
+        os.close(fd)
+    if namespaces:
+        sc.unshare(namespaces)
+    if cfg.hostname:
+        socket.sethostname(cfg.hostname)
+    if namespaces & sc.CLONE_NEWNET:
+        sc.loopback_up()
+    rootfs.build(cfg)
+
+
 def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int, int, int]) -> None:
     try:
         _reset_signals()
-        for procs in cfg.cgroup_procs:
-            with open(procs, "w") as fh:
-                fh.write("0")
-        sc.unshare(CONTAINER_NAMESPACES)
-        socket.sethostname(cfg.hostname)
-        sc.loopback_up()
-        rootfs.build(cfg)
+        setup_container(cfg)
         ident = resolve_identity(cfg.process.user)
         _finish_process(cfg.process, ident, cfg.hostname, sync, stdio, cfg.init)
     except BaseException as exc:  # noqa: BLE001 - reported to the monitor
@@ -340,7 +426,7 @@ def _pump_to_end(pump: Pump, exec_error: tuple[int | None, str | None],
     return ExitStatus(exit_code, oom, message, time.time())
 
 
-def _container_monitor(req: ContainerRequest, fds: dict[str, int]) -> None:
+def _container_monitor(req: ContainerRequest, fds: dict[str, int], prepared: Prepared | None) -> None:
     cfg, status_fd = req.cfg, fds["status"]
     listener = socket.socket(fileno=fds["listener"]) if "listener" in fds else None
 
@@ -352,13 +438,10 @@ def _container_monitor(req: ContainerRequest, fds: dict[str, int]) -> None:
                 os.unlink(req.sock_path)
 
     stdio, outputs, stdin_w = _stdio_pipes(cfg.process)
-    sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    sc.unshare(sc.CLONE_NEWPID)
-    child = os.fork()
-    if child == 0:
-        sync.close()
-        _container_child(cfg, child_sync, stdio)
-    child_sync.close()
+    if prepared is None:
+        prepared = prepare_container_child()
+    child, sync = prepared.child, prepared.sync
+    socket.send_fds(sync, [pickle.dumps(cfg)], list(stdio))
     for fd in set(stdio):
         os.close(fd)
     try:
@@ -404,6 +487,11 @@ def _exec_monitor(req: ExecRequest, fds: dict[str, int]) -> None:
     pump.wait_first_client(ATTACH_TIMEOUT)
     pump.finish(_pump_to_end(pump, _go_and_check_exec(sync), None))
     os.close(status_fd)
+
+
+def report_started(status_fd: int, child: int) -> None:
+    """The monitor's status line to the daemon: the workload's pid and ours, with start times."""
+    _report(status_fd, child)
 
 
 def _report(status_fd: int, child: int) -> None:

@@ -7,13 +7,15 @@ the container's first process and for ``exec``), so ``/etc/passwd`` is the image
 from __future__ import annotations
 
 import os
+import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import isobox.runtimes.container.seccomp as seccomp
 from isobox.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, InvalidArgument
 from isobox.runtimes.container import caps as capabilities
 from isobox.runtimes.container import syscalls as sc
-from isobox.runtimes.container.config import ProcessConfig
+from isobox.runtimes.container.config import CapSets, ProcessConfig
 
 
 @dataclass
@@ -32,10 +34,11 @@ def _read_db(path: str) -> list[list[str]]:
         return []
 
 
-def resolve_identity(user: str) -> Identity:
-    """Docker's ``-u NAME|UID[:GROUP|GID]`` against the image's passwd and group files."""
+def resolve_identity(user: str, read_db: Callable[[str], list[list[str]]] = _read_db) -> Identity:
+    """Docker's ``-u NAME|UID[:GROUP|GID]`` against the image's passwd and group files
+    (``read_db`` reads them: from ``/`` inside the container, from the layers for gVisor)."""
     name, _, group = (user or "0").partition(":")
-    passwd = _read_db("/etc/passwd")
+    passwd = read_db("/etc/passwd")
     entry = next((e for e in passwd if len(e) >= 7 and (e[0] == name or e[2] == name)), None)
     if entry is not None:
         uid, gid, home = int(entry[2]), int(entry[3]), entry[5] or "/"
@@ -43,7 +46,7 @@ def resolve_identity(user: str) -> Identity:
         uid, gid, home = int(name), 0, "/"  # Docker: an unknown numeric uid runs with gid 0
     else:
         raise InvalidArgument(f"unable to find user {name}: no matching entries in passwd file")
-    groups_db = _read_db("/etc/group")
+    groups_db = read_db("/etc/group")
     if group:
         grp = next((g for g in groups_db if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
         if grp is not None:
@@ -55,6 +58,30 @@ def resolve_identity(user: str) -> Identity:
     username = entry[0] if entry else None
     extra = [int(g[2]) for g in groups_db if len(g) >= 4 and username and username in g[3].split(",")]
     return Identity(uid, gid, sorted({gid, *extra}), home)
+
+
+def explicit_identity(proc: ProcessConfig) -> Identity:
+    """An OCI ``process.user``: numeric ids as given; HOME from the image's passwd if listed."""
+    assert proc.uid is not None
+    entry = next((e for e in _read_db("/etc/passwd") if len(e) >= 7 and e[2] == str(proc.uid)), None)
+    return Identity(proc.uid, proc.gid, list(proc.additional_gids), (entry[5] if entry else "") or "/")
+
+
+def identity_of(proc: ProcessConfig) -> Identity:
+    return explicit_identity(proc) if proc.uid is not None else resolve_identity(proc.user)
+
+
+def apply_cap_sets(sets: CapSets) -> None:
+    """Leave the process with exactly the five OCI sets (after setuid with PR_SET_KEEPCAPS)."""
+    _, permitted, _ = capabilities.capget()
+    capabilities.capset(permitted, permitted, 0)  # CAP_SETPCAP effective for the bounding drops
+    capabilities.drop_bounding(sets.bounding)
+    capabilities.ambient_clear_all()
+    top = (1 << (capabilities.last_cap() + 1)) - 1
+    capabilities.capset(capabilities.mask(sets.effective) & top, capabilities.mask(sets.permitted) & top,
+                        capabilities.mask(sets.inheritable) & top)
+    for name in sets.ambient:
+        capabilities.ambient_raise(capabilities.CAPS[name])
 
 
 def prepare_env(proc: ProcessConfig, ident: Identity, hostname: str | None) -> dict[str, str]:
@@ -74,11 +101,18 @@ def become(proc: ProcessConfig, ident: Identity) -> None:
     if early_seccomp:
         # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
         seccomp.install(proc.seccomp_bpf)  # type: ignore[arg-type]
+    for which, soft, hard in proc.rlimits:
+        resource.setrlimit(which, (soft, hard))
     capabilities.keep_caps_across_setuid()
     os.setgroups(ident.groups)
     os.setgid(ident.gid)
     os.setuid(ident.uid)
-    capabilities.apply(proc.caps, root_user=ident.uid == 0)
+    if proc.cap_sets is not None:
+        apply_cap_sets(proc.cap_sets)
+    else:
+        capabilities.apply(proc.caps, root_user=ident.uid == 0)
+    if proc.umask is not None:
+        os.umask(proc.umask)
     if proc.no_new_privs:
         sc.set_no_new_privs()
     # setuid resets dumpable: keep this process (host code in the container's namespaces)

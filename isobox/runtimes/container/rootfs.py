@@ -8,12 +8,13 @@ in the image or a previous run's upper layer can never redirect a mount onto the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
 from isobox.errors import RuntimeFailure
 from isobox.runtimes.container import syscalls as sc
-from isobox.runtimes.container.config import ContainerConfig
+from isobox.runtimes.container.config import ContainerConfig, DeviceNode, MountSpec
 
 # Minimal /dev, as runc creates it: (name, major, minor).
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
@@ -73,8 +74,12 @@ def _overlay_options(cfg: ContainerConfig) -> str:
 
 def mount_root(cfg: ContainerConfig) -> _Root:
     # Nothing we mount may propagate back to the host, whatever the host's propagation is.
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    sc.mount("overlay", cfg.rootfs, "overlay", 0, _overlay_options(cfg))
+    sc.mount(None, "/", None, cfg.root_propagation or sc.MS_REC | sc.MS_PRIVATE)
+    if cfg.lowerdirs:
+        sc.mount("overlay", cfg.rootfs, "overlay", 0, _overlay_options(cfg))
+    else:
+        # A plain directory (an OCI bundle's rootfs): pivot_root needs a mount point.
+        sc.mount(cfg.rootfs, cfg.rootfs, None, sc.MS_BIND | sc.MS_REC)
     return _Root(cfg.rootfs)
 
 
@@ -145,8 +150,159 @@ def pivot(root: _Root, read_only: bool) -> None:
         sc.mount(None, "/", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
 
 
+def mount_one(root: _Root, spec: MountSpec) -> None:
+    """One explicit mount; bind sources are opened on the host side, targets resolved in the root."""
+    if spec.fstype == "cgroup":
+        mount_cgroup_fs(root, spec)
+    elif spec.bind:
+        src = os.open(spec.source or "", os.O_PATH | os.O_CLOEXEC)
+        try:
+            is_dir = stat.S_ISDIR(os.fstat(src).st_mode)
+            rec = sc.MS_REC if spec.recursive else 0
+            root.mount(sc.fd_path(src), spec.destination, None, sc.MS_BIND | rec, as_file=not is_dir)
+        finally:
+            os.close(src)
+        if spec.flags & ~sc.MS_REC:
+            # Bind mounts ignore other flags: they take effect through a remount.
+            fd = sc.open_in_root(root.fd, spec.destination)
+            try:
+                sc.mount(None, sc.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | spec.flags)
+            finally:
+                os.close(fd)
+    else:
+        root.mount(spec.source, spec.destination, spec.fstype, spec.flags, spec.data)
+    if spec.propagation:
+        fd = sc.open_in_root(root.fd, spec.destination)
+        try:
+            sc.mount(None, sc.fd_path(fd), None, spec.propagation)
+        finally:
+            os.close(fd)
+
+
+def _host_cgroup_mounts() -> list[tuple[str, str, str]]:
+    """(mount point, fstype, super options) of the host's cgroup hierarchies."""
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fstype, _source, superopts = right.split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                found.append((left.split()[4], fstype, superopts))
+    return found
+
+
+def _own_cgroup_paths() -> dict[str, str]:
+    """Controller list ("memory", "cpu,cpuacct", "" for v2) -> this process's cgroup path."""
+    paths = {}
+    with open("/proc/self/cgroup") as fh:
+        for line in fh:
+            _hid, controllers, path = line.rstrip("\n").split(":", 2)
+            paths[controllers.removeprefix("name=")] = path
+    return paths
+
+
+def mount_cgroup_fs(root: _Root, spec: MountSpec) -> None:
+    """``type: cgroup``: the container's own cgroups at ``spec.destination``, as runc shows them.
+
+    v2: one cgroup2 mount.  v1: a tmpfs with one entry per hierarchy, each a bind of the
+    container's cgroup directory (runc's way without a cgroup namespace; inside one, the
+    bind of the namespace root shows the same thing).
+    """
+    hosts = _host_cgroup_mounts()
+    if all(fstype == "cgroup2" for _, fstype, _ in hosts):
+        root.mount("cgroup2", spec.destination, "cgroup2", spec.flags)
+        return
+    root.mount("tmpfs", spec.destination, "tmpfs", spec.flags & ~sc.MS_RDONLY, "mode=755")
+    own = _own_cgroup_paths()
+    base = spec.destination.rstrip("/")
+    for mountpoint, fstype, superopts in hosts:
+        name = os.path.basename(mountpoint)
+        key = "" if fstype == "cgroup2" else ",".join(
+            o for o in superopts.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent"))
+        key = key.removeprefix("name=")
+        if key not in own:
+            continue
+        src = os.open(mountpoint + own[key], os.O_PATH | os.O_CLOEXEC)
+        try:
+            root.mount(sc.fd_path(src), f"{base}/{name}", None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(src)
+        fd = sc.open_in_root(root.fd, f"{base}/{name}")
+        try:
+            sc.mount(None, sc.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | spec.flags)
+        finally:
+            os.close(fd)
+    for entry in os.scandir(os.path.dirname(hosts[0][0])):  # cpu -> cpu,cpuacct, as on the host
+        if entry.is_symlink():
+            parent = sc.open_in_root(root.fd, base, os.O_DIRECTORY | os.O_RDONLY)
+            try:
+                os.symlink(os.readlink(entry.path), entry.name, dir_fd=parent)
+            except FileExistsError:
+                pass
+            finally:
+                os.close(parent)
+    if spec.flags & sc.MS_RDONLY:
+        root.remount_readonly(base, spec.flags & ~sc.MS_RDONLY)
+
+
+def make_devices(root: _Root, nodes: tuple[DeviceNode, ...], defaults: bool) -> None:
+    """runc's /dev: the default nodes and links when /dev is a tmpfs, plus ``linux.devices``."""
+    kinds = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+    wanted = list(nodes)
+    if defaults:
+        given = {node.path for node in nodes}
+        wanted += [DeviceNode(f"/dev/{n}", "c", ma, mi) for n, ma, mi in DEVICES if f"/dev/{n}" not in given]
+    for node in wanted:
+        parent_path, name = os.path.split(node.path.rstrip("/"))
+        pfd = root.target(parent_path)
+        dfd = sc.open_in_root(root.fd, parent_path, os.O_DIRECTORY | os.O_RDONLY)
+        os.close(pfd)
+        try:
+            try:
+                os.mknod(name, (node.mode & 0o7777) | kinds[node.kind], os.makedev(node.major, node.minor),
+                         dir_fd=dfd)
+            except FileExistsError:
+                continue
+            os.chmod(name, node.mode & 0o7777, dir_fd=dfd, follow_symlinks=False)
+            os.chown(name, node.uid, node.gid, dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+    if defaults:
+        dev = sc.open_in_root(root.fd, "/dev", os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            for name, target in DEV_LINKS:
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(target, name, dir_fd=dev)
+        finally:
+            os.close(dev)
+
+
+def write_sysctls(root: _Root, sysctl: dict[str, str]) -> None:
+    for key, value in sysctl.items():
+        fd = sc.open_in_root(root.fd, "/proc/sys/" + key.replace(".", "/"), os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+
+def build_explicit(cfg: ContainerConfig, plan: list[MountSpec]) -> None:
+    """The OCI sequence: root, the configured mounts in order, devices, sysctls, masks, pivot."""
+    root = mount_root(cfg)
+    for spec in plan:
+        mount_one(root, spec)
+    dev_tmpfs = any(m.destination.rstrip("/") == "/dev" and m.fstype == "tmpfs" for m in plan)
+    make_devices(root, cfg.devices, dev_tmpfs)
+    write_sysctls(root, cfg.sysctl)
+    mask_paths(root, cfg)
+    pivot(root, cfg.read_only)
+
+
 def build(cfg: ContainerConfig) -> None:
     """The whole sequence; raises OSError/RuntimeFailure naming the step that failed."""
+    if cfg.mount_plan is not None:
+        build_explicit(cfg, cfg.mount_plan)
+        return
     root = mount_root(cfg)
     mount_proc_sys(root)
     mount_dev(root)

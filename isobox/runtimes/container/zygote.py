@@ -22,6 +22,9 @@ MAX_REQUEST = 1 << 20
 MAX_FDS = 8
 
 
+POOL_SIZE = 2  # idle monitors, each with its PID namespace's init already forked
+
+
 class Zygote:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
@@ -29,12 +32,13 @@ class Zygote:
         self._lock = threading.Lock()
 
     def spawn(self, request: launch.Request, fds: dict[str, int]) -> None:
+        """Hand the request to whichever idle monitor takes it first."""
         payload = pickle.dumps((request, list(fds)))
         with self._lock:
             socket.send_fds(self.sock, [payload], list(fds.values()))
 
     def close(self) -> None:
-        self.sock.close()
+        self.sock.close()  # idle monitors see EOF and exit
         try:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
@@ -55,23 +59,47 @@ def start() -> Zygote:
 
 
 def _serve(sock: socket.socket, parent: int) -> None:
+    """Keep POOL_SIZE idle monitors waiting on the request socket; fork a new one whenever
+    one takes a request.  A start then costs no fork at all on its critical path.
+
+    The zygote touches almost nothing between forks, on purpose: a page either side writes
+    after a fork becomes private to both.
+    """
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(0)  # the daemon died before we asked to die with it
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sc.close_range_from(3, (sock.fileno(),))
-        while True:
-            data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-            if not data:
-                os._exit(0)
-            request, names = pickle.loads(data)
-            gc.freeze()  # the fork's copy-on-write pages stay shared: no collector walks them
-            if os.fork() == 0:
-                sock.close()
-                launch.run_monitor(request, dict(zip(names, fds, strict=True)))
-            for fd in fds:
-                os.close(fd)
+        taken_r, taken_w = os.pipe2(os.O_CLOEXEC)
+        sc.close_range_from(3, (sock.fileno(), taken_r, taken_w))
+        gc.freeze()
+        gc.disable()
+        for _ in range(POOL_SIZE):
+            _fork_idle(sock, taken_r, taken_w)
+        while os.read(taken_r, 1):
+            _fork_idle(sock, taken_r, taken_w)
     finally:
         os._exit(0)
+
+
+def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int) -> None:
+    if os.fork() != 0:
+        return
+    code = 1
+    try:
+        os.close(taken_r)
+        launch.become_monitor()
+        prepared = launch.prepare_container_child()
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        os.write(taken_w, b"!")  # the zygote forks our replacement
+        os.close(taken_w)
+        sock.close()
+        if not data:
+            prepared.discard()  # the daemon is gone
+            code = 0
+        else:
+            request, names = pickle.loads(data)
+            launch.run_monitor(request, dict(zip(names, fds, strict=True)), prepared)
+    finally:
+        os._exit(code)
