@@ -729,6 +729,12 @@ class Cgroup:
             stats["pids_current"], stats["pids_limit"] = len(self.pids()), None
         return stats
 
+    def oom_events_file(self) -> Path | None:
+        """The file whose ``oom_kill`` counter ``oom_killed`` reads (for the C pump)."""
+        if self.layout.version == 2:
+            return self._dirs["unified"] / "memory.events"
+        return self._dirs["memory"] / "memory.oom_control" if "memory" in self._dirs else None
+
     def oom_killed(self) -> bool:
         """Whether the OOM killer killed a process of this cgroup.
 

@@ -179,12 +179,22 @@ class Pump:
             with contextlib.suppress(ValueError, OSError):
                 signal.pidfd_send_signal(self.pidfd, int(payload))
 
-    def run(self) -> int:
-        """Pump until the workload has exited and its output is drained; returns the wait status."""
+    def run(self, handover_after: float | None = None) -> int | None:
+        """Pump until the workload has exited and its output is drained; returns the wait status.
+
+        With ``handover_after``, returns None instead once the workload has run that long
+        (and no client is mid-frame): the caller hands the fds to the C pump.
+        """
         status: int | None = None
         drain_deadline = 0.0
+        handover_at = None if handover_after is None else time.monotonic() + handover_after
         while status is None or (self.open_outputs and time.monotonic() < drain_deadline):
-            timeout = None if status is None else max(0.0, drain_deadline - time.monotonic())
+            if status is None and handover_at is not None:
+                if time.monotonic() >= handover_at and not any(d.pending for d in self.decoders.values()):
+                    return None
+                timeout: float | None = max(0.0, handover_at - time.monotonic()) + 0.01
+            else:
+                timeout = None if status is None else max(0.0, drain_deadline - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 kind, stream = key.data
                 if kind == "out":
@@ -201,6 +211,29 @@ class Pump:
                     # now; a grace period only guards against a leaked fd elsewhere.
                     drain_deadline = time.monotonic() + 2.0
         return status
+
+    def handover_args(self) -> list[str]:
+        """The C pump's arguments for this pump's fds (made inheritable for the exec)."""
+        args = ["--child", str(self.child_pid)]
+        for key in self.sel.get_map().values():
+            kind, stream = key.data
+            if kind == "out":
+                args += ["--out", f"{key.fd}:{stream}"]
+            elif kind == "listen":
+                args += ["--listener", str(key.fd)]
+            elif kind == "client":
+                args += ["--client", str(key.fd)]
+            else:
+                continue
+            os.set_inheritable(key.fd, True)
+        for flag, fd in (("--stdin", self.stdin_fd), ("--pty", self.pty_fd)):
+            if fd is not None:
+                os.set_inheritable(fd, True)
+                args += [flag, str(fd)]
+        if self.log is not None:
+            os.set_inheritable(self.log.fd, True)
+            args += ["--log", str(self.log.fd)]
+        return args
 
     def finish(self, result: ExitStatus) -> None:
         self.broadcast(attach.encode_json(Frame.EXIT, result.to_json()))
