@@ -353,9 +353,7 @@ def setup_container(cfg: ContainerConfig, namespaces: int = CONTAINER_NAMESPACES
     """What a container's first process does before becoming the workload (daemon and OCI paths):
     join its cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
     set the hostname, bring up lo and build the root."""
-    for procs in cfg.cgroup_procs:
-        with open(procs, "w") as fh:
-            fh.write("0")
+    _join_cgroup(cfg.cgroup_procs)
     for fd, nstype in join:
         sc.setns(fd, nstype)
         os.close(fd)
@@ -380,14 +378,22 @@ def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int
     os._exit(1)
 
 
+def _join_cgroup(files: list[str]) -> None:
+    """Move ourselves (single-threaded) into the cgroup: "0" to each tasks/procs file."""
+    for path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
 def _exec_child(pidfd: int, cgroup_procs: list[str], proc: ProcessConfig, sync: socket.socket,
                 stdio: tuple[int, int, int]) -> None:
     try:
         _reset_signals()
         sc.set_dumpable(False)  # CVE-2019-5736: nothing in the container may open our /proc/PID/exe
-        for procs in cgroup_procs:
-            with open(procs, "w") as fh:
-                fh.write("0")
+        _join_cgroup(cgroup_procs)
         sc.setns(pidfd, CONTAINER_NAMESPACES)
         os.close(pidfd)
         os.chdir("/")

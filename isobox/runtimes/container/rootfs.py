@@ -53,6 +53,13 @@ class _Root:
         finally:
             os.close(fd)
 
+    def lookup(self, path: str) -> int | None:
+        """An O_PATH fd of ``path`` inside the root, or None when it does not exist."""
+        try:
+            return sc.open_in_root(self.fd, path)
+        except FileNotFoundError:
+            return None
+
     def exists(self, path: str) -> tuple[bool, bool]:
         """(exists, is_dir) without following a final symlink out of the root."""
         try:
@@ -121,22 +128,27 @@ def mount_dev(root: _Root) -> None:
 
 
 def mask_paths(root: _Root, cfg: ContainerConfig) -> None:
+    # One lookup per path: the fd found is both the existence check and the mount target.
     for path in cfg.masked_paths:
-        exists, is_dir = root.exists(path)
-        if not exists:
+        fd = root.lookup(path)
+        if fd is None:
             continue
-        if is_dir:
-            root.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY, "size=0")
-        else:
-            root.mount("/dev/null", path, None, sc.MS_BIND)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                sc.mount("tmpfs", sc.fd_path(fd), "tmpfs", sc.MS_RDONLY, "size=0")
+            else:
+                sc.mount("/dev/null", sc.fd_path(fd), None, sc.MS_BIND)
+        finally:
+            os.close(fd)
     for path in cfg.readonly_paths:
-        if root.exists(path)[0]:
-            src = sc.open_in_root(root.fd, path)
-            try:
-                root.mount(sc.fd_path(src), path, None, sc.MS_BIND | sc.MS_REC)
-            finally:
-                os.close(src)
-            root.remount_readonly(path, sc.MS_REC | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+        fd = root.lookup(path)
+        if fd is None:
+            continue
+        try:
+            sc.mount(sc.fd_path(fd), sc.fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(fd)
+        root.remount_readonly(path, sc.MS_REC | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
 def pivot(root: _Root, read_only: bool) -> None:
@@ -216,8 +228,10 @@ def mount_cgroup_fs(root: _Root, spec: MountSpec) -> None:
     own = _own_cgroup_paths()
     base = spec.destination.rstrip("/")
     for mountpoint, fstype, superopts in hosts:
+        if fstype == "cgroup2":
+            continue  # hybrid hosts: the empty unified tree is left out, as runc does
         name = os.path.basename(mountpoint)
-        key = "" if fstype == "cgroup2" else ",".join(
+        key = ",".join(
             o for o in superopts.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent"))
         key = key.removeprefix("name=")
         if key not in own:

@@ -141,6 +141,10 @@ def mkdir_in_root(root_fd: int, path: str, mode: int = 0o755, as_file: bool = Fa
     Each component is resolved from the root again, so a symlink planted by the image can
     redirect the path only to somewhere else inside the root, never out of it.
     """
+    try:  # the common case: it exists, one lookup instead of one per component
+        return open_in_root(root_fd, path)
+    except FileNotFoundError:
+        pass
     parts = [p for p in path.split("/") if p and p != "."]
     done: list[str] = []
     for index, part in enumerate(parts):
