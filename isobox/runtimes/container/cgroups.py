@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isobox.errors import InvalidArgument, NotFound, RuntimeFailure
+from isobox.runtimes.container import devfilter
 
 CPU_PERIOD_US = 100_000
 """CFS period (runc's and Docker's default): ``--cpus 0.5`` is a 50 ms quota every 100 ms."""
@@ -534,11 +535,16 @@ class Cgroup:
             cgroup._put("unified", "pids.max", "max" if limits.pids is None else str(limits.pids))
         if not limits.devices_unrestricted:
             # v2 has no devices.allow: device access is checked by a BPF_PROG_TYPE_CGROUP_DEVICE
-            # program attached to the cgroup (what runc and crun generate). Not implemented yet.
-            cgroup.warnings.append(
-                "device rules are not enforced on cgroup v2 yet (needs a BPF device program); "
-                "the container can open any device node it can create or is given"
-            )
+            # program attached to the cgroup (devfilter.py, as runc and crun do).
+            if devfilter.is_cgroup2(str(leaf)):
+                rules = [(r.kind, r.major, r.minor, r.access) for r in limits.devices]
+                devfilter.attach(str(leaf), devfilter.program(rules))
+                cgroup.applied["devices"] = "bpf: " + ", ".join(str(r) for r in limits.devices)
+            else:
+                cgroup.warnings.append(
+                    f"{leaf} is not on a cgroup2 file system: no device filter attached; "
+                    "the container can open any device node it can create or is given"
+                )
         return cgroup
 
     def _put(self, controller: str, filename: str, value: str, optional: bool = False) -> None:
