@@ -21,7 +21,7 @@ import select
 import signal as signals
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -519,10 +519,59 @@ class Engine:
             in_use = []
         return self.image_store.remove(ref, force=force, in_use_by=in_use)
 
-    def build_image(self, kind: str, tag: str | None = None) -> dict[str, Any]:
-        if kind != "busybox":
-            raise InvalidArgument(f"unknown image kind {kind!r}", hint="isobox image build busybox")
-        return self.image_store.build_busybox(tag or "busybox:latest").to_dict()
+    def build_image(self, kind: str, tag: str | None = None, include: builtins.list[str] | None = None,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``busybox`` or ``debian:SUITE`` (mmdebstrap; ``include`` adds packages)."""
+        report = progress or self._silent
+        if kind == "busybox":
+            if include:
+                raise InvalidArgument("--include is for debian images", hint="isobox image build debian:bookworm --include PKG")
+            return self.image_store.build_busybox(tag or "busybox:latest", report).to_dict()
+        if kind.startswith("debian:") or kind == "debian":
+            from isobox.images import debian
+
+            return debian.build(self.image_store, kind, include or [], tag, report).to_dict()
+        raise InvalidArgument(f"unknown image kind {kind!r}",
+                              hint="isobox image build busybox | debian:bookworm | debian:trixie")
+
+    @staticmethod
+    def _silent(_: str) -> None:
+        pass
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        return self.image_store.resolve(ref).to_dict()
+
+    def image_history(self, ref: str) -> builtins.list[dict[str, Any]]:
+        image = self.image_store.resolve(ref)
+        return [{"Created": h.get("created", ""), "CreatedBy": h.get("created_by", ""),
+                 "Comment": h.get("comment", ""), "EmptyLayer": bool(h.get("empty_layer"))}
+                for h in reversed(image.history)]
+
+    def tag_image(self, ref: str, target: str) -> dict[str, Any]:
+        return self.image_store.tag(ref, target).to_dict()
+
+    def prune_images(self, all_unused: bool = False) -> dict[str, Any]:
+        in_use = {rec.image_id for rec in self.store.containers()}
+        return self.image_store.prune(all_unused=all_unused, in_use=in_use)
+
+    def load_images(self, archive: str, progress: Callable[[str], None] | None = None) -> builtins.list[dict[str, Any]]:
+        from pathlib import Path
+
+        from isobox.images import archive as archives
+
+        return [i.to_dict() for i in archives.load(self.image_store, Path(archive), progress or self._silent)]
+
+    def save_image(self, ref: str, output: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        from pathlib import Path
+
+        from isobox.images import archive as archives
+
+        return archives.save(self.image_store, ref, Path(output), progress or self._silent).to_dict()
+
+    def build_dockerfile(self, request: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        from isobox.images import dockerfile
+
+        return dockerfile.build(self, request, progress or self._silent).to_dict()
 
     # -- system -------------------------------------------------------------------------------
 

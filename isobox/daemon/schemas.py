@@ -41,8 +41,9 @@ class CreateContainerRequest(BaseModel):
 
 class BuildImageRequest(BaseModel):
     model_config = STRICT
-    kind: str = Field(description="image builder, e.g. busybox")
+    kind: str = Field(description="image builder: busybox, debian:bookworm, debian:trixie")
     tag: str | None = None
+    include: list[str] = Field(default_factory=list, description="extra Debian packages (debian images)")
 
 
 def model_from_dataclass(cls: type[Any], name: str) -> type[BaseModel]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from isobox.errors import Conflict, InvalidArgument, NotFound
 from isobox.images import ImageStore
-from isobox.images.store import disk_usage, tree_digest
+from isobox.images.store import disk_usage
 from isobox.state import StateStore
 
 BUSYBOX = Path("/bin/busybox")
@@ -109,7 +110,10 @@ def test_rebuild_is_deterministic_and_reuses_the_layer(images: ImageStore) -> No
     assert second.created == first.created
     assert os.listdir(images.layers_dir) == [first.layers[0].name]
     assert _tmp_entries(images) == []
-    assert first.layers[0].name == tree_digest(first.layers[0])
+    # OCI digests: the layer dir is named by the diff_id, the sha256 of its (uncompressed) tar blob.
+    blob = images.blob_path("sha256:" + first.layers[0].name)
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == first.layers[0].name
+    assert hashlib.sha256(images.blob_path(first.id).read_bytes()).hexdigest() == first.id[7:]
 
 
 def test_resolve(images: ImageStore) -> None:
@@ -197,9 +201,9 @@ def test_remove_keeps_a_layer_another_image_shares(images: ImageStore) -> None:
     built = images.build_busybox()
     # A second image over the same layer with another config (what a Dockerfile CMD gives).
     with images.staging() as stage:
-        os.rmdir(stage)
-        os.rename(built.layers[0], stage)  # hand the very same tree back in: same digest
-        second = images.commit([stage], ImageConfig(cmd=("true",)), "localhost/true:1", lambda _: None)
+        os.rename(built.layers[0], stage / "rootfs")  # hand the very same tree back in: same digest
+        second = images.commit([stage / "rootfs"], ImageConfig(cmd=("true",)), "localhost/true:1",
+                               lambda _: None, reproducible=True)
     assert second.id != built.id
     assert second.layers == built.layers
     images.remove("busybox", force=False, in_use_by=[])
@@ -221,15 +225,16 @@ def test_interrupted_build_leaves_nothing(images: ImageStore) -> None:
     assert _rows(images._state) == []
 
 
-def test_interrupted_at_hashing_leaves_nothing(images: ImageStore) -> None:
+def test_interrupted_at_packing_leaves_nothing(images: ImageStore) -> None:
     def progress(message: str) -> None:
-        if message.startswith("hashing"):
+        if message.startswith("packing"):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         images.build_busybox(progress=progress)
     assert _tmp_entries(images) == []
     assert os.listdir(images.layers_dir) == []
+    assert os.listdir(images.blobs_dir) == []
     assert _rows(images._state) == []
 
 
