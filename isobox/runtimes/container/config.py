@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from isobox.spec import Mount
+TYPE_CHECKING = False  # (not typing's: the OCI runtime imports this module on its start-up path)
+if TYPE_CHECKING:
+    from isobox.spec import Mount
 
 # runc's masked paths plus Podman's additions (DESIGN.md "Security defaults").
 MASKED_PATHS = (

@@ -36,12 +36,14 @@ from typing import Protocol
 from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.runtimes.base import Launched
-from isobox.runtimes.container import rootfs, seccomp
+from isobox.runtimes.container import seccomp
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
 from isobox.runtimes.container.monitor import ExitStatus, Pump, exit_code_of, write_file_atomic
 from isobox.runtimes.container.process import Identity, become, exec_workload, prepare_env, resolve_identity
+from isobox.runtimes.container.setup import join_cgroup as _join_cgroup
+from isobox.runtimes.container.setup import setup_container
 
 CONTAINER_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP
 START_TIMEOUT = 30.0
@@ -356,24 +358,6 @@ def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
     _exec_or_report(proc, env, sync)
 
 
-def setup_container(cfg: ContainerConfig, namespaces: int = CONTAINER_NAMESPACES,
-                    join: tuple[tuple[int, int], ...] = ()) -> None:
-    """What a container's first process does before becoming the workload (daemon and OCI paths):
-    join its cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
-    set the hostname, bring up lo and build the root."""
-    _join_cgroup(cfg.cgroup_procs)
-    for fd, nstype in join:
-        sc.setns(fd, nstype)
-        os.close(fd)
-    if namespaces:
-        sc.unshare(namespaces)
-    if cfg.hostname:
-        socket.sethostname(cfg.hostname)
-    if namespaces & sc.CLONE_NEWNET:
-        sc.loopback_up()
-    rootfs.build(cfg)
-
-
 def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int, int, int],
                      ahead: int = 0) -> None:
     """``ahead``: namespaces a pooled init created before its request (lo already up)."""
@@ -386,16 +370,6 @@ def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int
         with contextlib.suppress(OSError):
             _send(sync, {"error": _describe(exc)})
     os._exit(1)
-
-
-def _join_cgroup(files: list[str]) -> None:
-    """Move ourselves (single-threaded) into the cgroup: "0" to each tasks/procs file."""
-    for path in files:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
 
 
 def _exec_child(pidfd: int, cgroup_procs: list[str], proc: ProcessConfig, sync: socket.socket,

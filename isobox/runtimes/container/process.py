@@ -6,12 +6,12 @@ the container's first process and for ``exec``), so ``/etc/passwd`` is the image
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import isobox.runtimes.container.seccomp as seccomp
 from isobox.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, InvalidArgument
 from isobox.runtimes.container import caps as capabilities
 from isobox.runtimes.container import syscalls as sc
@@ -81,7 +81,10 @@ def apply_cap_sets(sets: CapSets) -> None:
     capabilities.capset(capabilities.mask(sets.effective) & top, capabilities.mask(sets.permitted) & top,
                         capabilities.mask(sets.inheritable) & top)
     for name in sets.ambient:
-        capabilities.ambient_raise(capabilities.CAPS[name])
+        # As runc: an ambient capability that is not also inheritable cannot be raised (EPERM);
+        # that is not an error, the set just stays without it.
+        with contextlib.suppress(PermissionError):
+            capabilities.ambient_raise(capabilities.CAPS[name])
 
 
 def prepare_env(proc: ProcessConfig, ident: Identity, hostname: str | None) -> dict[str, str]:
@@ -100,6 +103,8 @@ def become(proc: ProcessConfig, ident: Identity) -> None:
     early_seccomp = proc.seccomp_bpf is not None and not proc.no_new_privs
     if early_seccomp:
         # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+        from isobox.runtimes.container import seccomp  # noqa: PLC0415 - the OCI runtime's start-up path
+
         seccomp.install(proc.seccomp_bpf)  # type: ignore[arg-type]
     for which, soft, hard in proc.rlimits:
         resource.setrlimit(which, (soft, hard))
@@ -124,6 +129,8 @@ def exec_workload(proc: ProcessConfig, env: dict[str, str], keep_fds: tuple[int,
     """exec; returns only on failure, with Docker's exit code and message."""
     sc.close_range_from(3, keep_fds)
     if proc.seccomp_bpf is not None and proc.no_new_privs:
+        from isobox.runtimes.container import seccomp  # noqa: PLC0415 - the OCI runtime's start-up path
+
         seccomp.install(proc.seccomp_bpf)
     argv = proc.argv
     try:

@@ -1,0 +1,44 @@
+"""What a container's first process does before it becomes the workload, shared by the daemon's
+path (``launch.py``) and the OCI runtime (``isobox.oci.lifecycle``).
+
+A module of its own so that the OCI runtime, a fresh process per call, imports only this and
+``rootfs`` on its start-up path, not the daemon's monitor machinery.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from isobox.runtimes.container import rootfs
+from isobox.runtimes.container import syscalls as sc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from isobox.runtimes.container.config import ContainerConfig
+
+
+def join_cgroup(files: list[str]) -> None:
+    """Move ourselves (single-threaded) into the cgroup: "0" to each tasks/procs file."""
+    for path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int, int], ...] = ()) -> None:
+    """Join the cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
+    set the hostname, bring up lo and build the root."""
+    join_cgroup(cfg.cgroup_procs)
+    for fd, nstype in join:
+        sc.setns(fd, nstype)
+        os.close(fd)
+    if namespaces:
+        sc.unshare(namespaces)
+    if cfg.hostname:
+        socket.sethostname(cfg.hostname)
+    if namespaces & sc.CLONE_NEWNET:
+        sc.loopback_up()
+    rootfs.build(cfg)
