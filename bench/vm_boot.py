@@ -1,0 +1,137 @@
+"""VM boot to workload: ``isobox run --rm --isolation vm busybox true`` against a bare QEMU.
+
+The peer is a bare ``qemu-system-x86_64`` with the same machine, accelerator, kernel, kernel
+command line and RAM, booting isobox's initramfs with a one-line ``/init`` (``true``, then
+power off), appended as a second cpio so everything else is byte-identical.  Both are timed
+from process start to process exit.  Then one VM is left running to measure the VMM's memory
+overhead: QEMU's RSS minus the guest RAM mapping's RSS minus TCG's translation cache (capped
+with ``tb-size``), from /proc/PID/smaps.
+
+    python bench/vm_boot.py [--runs N]
+
+Table, then one JSON line: {"accel", "isobox_p50_s", "bare_qemu_p50_s", "ratio", "vmm_overhead_mib", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (  # noqa: E402
+    MIB,
+    Summary,
+    bench_dir,
+    fmt,
+    json_line,
+    print_facts,
+    private_daemon,
+    ratio,
+    sigterm_as_interrupt,
+    table,
+)
+from isobox.runtimes.vm import guest, qemu  # noqa: E402
+
+BARE_INIT = b"#!/bin/sh\n/bin/busybox true\n/bin/busybox poweroff -f\n"
+
+
+def bare_initramfs(base: Path, initramfs: Path) -> Path:
+    """isobox's initramfs with /init replaced (a later cpio entry wins when the kernel unpacks)."""
+    extra = guest.Cpio()
+    extra.file("init", BARE_INIT, 0o755)
+    out = base / "bare.cpio"
+    out.write_bytes(initramfs.read_bytes() + extra.finish())
+    return out
+
+
+def bare_argv(cmdline: list[str], initrd: Path) -> list[str]:
+    """The isobox command line without disks, ports, sockets and sandbox: just the boot."""
+    keep = {"-machine", "-accel", "-cpu", "-m", "-smp", "-kernel", "-append"}
+    argv = [qemu.QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "null"]
+    for i, arg in enumerate(cmdline):
+        if arg in keep:
+            argv += [arg, cmdline[i + 1]]
+    return [*argv, "-initrd", str(initrd)]
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, timeout=600, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def smaps_breakdown(pid: int, guest_mib: int, tb_mib: int) -> dict[str, float]:
+    """RSS split into guest RAM, translation cache and the rest (MiB); the rest also as its
+    anonymous part (what each VM costs privately: not the QEMU binary, libraries or the
+    initramfs, which are page cache shared by every VM)."""
+    total = guest_ram = tb = anon_rest = 0
+    size, kind, perms = 0, "", ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            size, perms = hi - lo, fields[1]
+            kind = ("guest" if size == guest_mib * MIB
+                    else "tb" if "x" in perms and "w" in perms and size >= tb_mib * MIB // 2  # TCG code buffer
+                    else "rest")
+        elif fields[0] == "Rss:":
+            rss = int(fields[1]) * 1024
+            total += rss
+            guest_ram += rss if kind == "guest" else 0
+            tb += rss if kind == "tb" else 0
+        elif fields[0] == "Anonymous:" and kind == "rest":
+            anon_rest += int(fields[1]) * 1024
+    return {"rss_mib": total / MIB, "guest_ram_mib": guest_ram / MIB, "tcg_cache_mib": tb / MIB,
+            "vmm_overhead_mib": (total - guest_ram - tb) / MIB, "vmm_overhead_anon_mib": anon_rest / MIB}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    sigterm_as_interrupt()
+    print_facts("VM boot to workload")
+    with bench_dir("ibx-vm") as base, private_daemon(base) as daemon:
+        daemon.cli("run", "--rm", "--isolation", "vm", "busybox", "true", timeout=600)  # warm caches, base disk
+        cid = daemon.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "1000",
+                         timeout=600).stdout.split()[-1]
+        info = json.loads(daemon.cli("inspect", cid).stdout)[0]["Applied"]
+        accel = info["Accelerator"]
+        breakdown = smaps_breakdown(info["QemuPid"], info["MemoryMiB"], qemu.TB_SIZE_MIB)
+        daemon.cli("rm", "-f", cid, timeout=120)
+        cmdline = info["QemuCommandLine"]
+        import shlex
+
+        argv = bare_argv(shlex.split(cmdline), bare_initramfs(base, Path(info["Initramfs"])))
+        isobox_times, bare_times = [], []
+        for _ in range(args.runs):
+            isobox_times.append(timed([str(Path(sys.executable).parent / "isobox"), "run", "--rm",
+                                       "--isolation", "vm", "busybox", "true"], daemon.env))
+            bare_times.append(timed(argv))
+    iso, bare = Summary.of(isobox_times), Summary.of(bare_times)
+    print(table(["", "runs", "p50 s", "p90 s", "min s"],
+                [["isobox run --rm --isolation vm busybox true", iso.n, fmt(iso.p50, 2), fmt(iso.p90, 2), fmt(iso.min, 2)],
+                 ["bare qemu-system-x86_64 (same kernel+initramfs, init=true)", bare.n, fmt(bare.p50, 2),
+                  fmt(bare.p90, 2), fmt(bare.min, 2)]]))
+    print()
+    print(table(["QEMU memory (idle busybox VM)", "MiB"],
+                [[k, fmt(v)] for k, v in breakdown.items()]))
+    print(f"\naccelerator: {accel}; tb-size cap {qemu.TB_SIZE_MIB} MiB; guest RAM {info['MemoryMiB']} MiB")
+    print(json_line({"accel": accel, "isobox_p50_s": iso.p50, "bare_qemu_p50_s": bare.p50,
+                     "ratio": ratio(iso.p50, bare.p50), "vmm_overhead_mib": breakdown["vmm_overhead_mib"],
+                     "tcg_cache_mib": breakdown["tcg_cache_mib"], "guest_ram_touched_mib": breakdown["guest_ram_mib"],
+                     "vmm_overhead_anon_mib": breakdown["vmm_overhead_anon_mib"],
+                     "qemu_rss_mib": breakdown["rss_mib"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The guest side of a microVM: Debian's cloud kernel and an isobox initramfs, built once and cached.
+
+The kernel (``linux-image-cloud-amd64``) and ``qemu-guest-agent`` are fetched with ``apt-get
+download`` and unpacked with ``dpkg-deb -x`` into isobox's cache — never installed on the host.
+The initramfs is a newc cpio written here: Debian's static busybox, the virtio modules the cloud
+kernel builds as modules, qemu-ga with the host's copies of its libraries (the host is the same
+Debian release), and ``/init`` from ``guestinit.py``.  Everything is keyed by content, so a new
+init script or kernel makes a new file and old ones are never rewritten under a running VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from isobox.errors import RuntimeFailure
+from isobox.runtimes.vm import guestinit
+
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
+AGENT_PACKAGE = "qemu-guest-agent"
+BUSYBOX = "/bin/busybox"
+# Load order matters (no modules.dep in the package: depmod runs at install time).
+MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "fuse", "virtiofs")
+AGENT_BINARY = "usr/sbin/qemu-ga"
+RUN_HELPER = Path(__file__).with_name("guestrun.c")
+
+
+def cache_root() -> Path:
+    """Downloaded packages and built boot files (``ISOBOX_CACHE``); shared by every state root."""
+    return Path(os.environ.get("ISOBOX_CACHE", "/var/cache/isobox")) / "vm"
+
+
+@dataclass(frozen=True)
+class BootFiles:
+    kernel: Path
+    initramfs: Path
+    kernel_version: str
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(root / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
+    except FileNotFoundError:
+        raise RuntimeFailure(f"{argv[0]} not found", hint="isobox fetches its guest kernel and agent with "
+                             "apt-get download and builds the initramfs with gcc: run on Debian/Ubuntu "
+                             "with apt, gcc and busybox-static") from None
+    if done.returncode != 0:
+        raise RuntimeFailure(f"{' '.join(argv[:3])} failed: {done.stderr.strip()[-500:]}",
+                             hint="is the Debian package archive reachable? (apt-get update)")
+    return done.stdout
+
+
+def _resolve_kernel_package() -> str:
+    """The versioned package the metapackage points at (linux-image-6.1.0-NN-cloud-amd64)."""
+    out = _run(["apt-cache", "depends", "--important", KERNEL_PACKAGE])
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends:") and "linux-image-" in line:
+            return line.split(":", 1)[1].strip()
+    raise RuntimeFailure(f"cannot resolve {KERNEL_PACKAGE}", hint="apt-get update, then try again")
+
+
+def _fetch(package: str, root: Path) -> Path:
+    """``apt-get download`` + ``dpkg-deb -x`` into root/pkg/<package>; idempotent."""
+    dest = root / "pkg" / package
+    if (dest / ".done").exists():
+        return dest
+    work = root / "download"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package], cwd=work)
+    debs = list(work.glob("*.deb"))
+    if len(debs) != 1:
+        raise RuntimeFailure(f"apt-get download {package} gave {len(debs)} files")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    _run(["dpkg-deb", "-x", str(debs[0]), str(dest)])
+    (dest / ".done").write_text(debs[0].name + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return dest
+
+
+def kernel_tree(root: Path) -> tuple[Path, Path, str]:
+    """(vmlinuz, modules dir, version) of the cached Debian cloud kernel, fetching it once."""
+    marker = root / "kernel-package"
+    package = marker.read_text().strip() if marker.exists() else _resolve_kernel_package()
+    tree = _fetch(package, root)
+    marker.write_text(package + "\n")
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise RuntimeFailure(f"no kernel in {package}")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    return kernels[-1], tree / "lib" / "modules" / version, version
+
+
+# -- the cpio (newc) writer ------------------------------------------------------------------------
+
+
+class Cpio:
+    """Just enough of the newc format for an initramfs: dirs, files, symlinks, device nodes."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.ino = 1
+        self.dirs: set[str] = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        fields = (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.ino += 1
+        self.parts.append(header + name.encode() + b"\0")
+        self.parts.append(b"\0" * (-(len(header) + len(name) + 1) % 4))
+        self.parts.append(data + b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str) -> None:
+        name = name.strip("/")
+        if not name or name in self.dirs:
+            return
+        self.dir(os.path.dirname(name))
+        self.dirs.add(name)
+        self._entry(name, stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        name = name.strip("/")
+        self.dir(os.path.dirname(name))
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        name = name.strip("/")
+        self.dir(os.path.dirname(name))
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int, mode: int = 0o600) -> None:
+        name = name.strip("/")
+        self.dir(os.path.dirname(name))
+        self._entry(name, stat.S_IFCHR | mode, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        data = b"".join(self.parts)
+        return data + b"\0" * (-len(data) % 512)
+
+
+def _shared_libraries(binary: Path) -> list[str]:
+    """The host paths ldd resolves for ``binary`` (same Debian release as the guest userland)."""
+    out = _run(["ldd", str(binary)])
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+            libs.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            libs.append(parts[0])  # the dynamic loader
+    return libs
+
+
+def _add_host_file(cpio: Cpio, path: str) -> None:
+    """A host file at the same path, following symlinks (the guest gets the real bytes)."""
+    real = os.path.realpath(path)
+    cpio.file(path, Path(real).read_bytes(), 0o755)
+
+
+def run_helper(root: Path) -> Path:
+    """The static ``isobox-run`` helper (``guestrun.c``), compiled once per source version."""
+    source = RUN_HELPER.read_bytes()
+    out = root / f"isobox-run-{hashlib.sha256(source).hexdigest()[:12]}"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        _run(["gcc", "-static", "-Os", "-s", "-o", str(tmp), str(RUN_HELPER)])
+        os.rename(tmp, out)
+    return out
+
+
+def _busybox_applets() -> list[str]:
+    out = _run([BUSYBOX, "--list"])
+    return sorted({"sh", *(a for a in out.split() if a and "/" not in a and a != "busybox")})
+
+
+def build_initramfs(modules_dir: Path, agent_tree: Path | None, helper: Path) -> bytes:
+    cpio = Cpio()
+    for d in ("proc", "sys", "dev", "run", "tmp", "newroot", "bin", "sbin", "etc", "var"):
+        cpio.dir(d)
+    cpio.symlink("var/run", "/run")
+    cpio.chardev("dev/console", 5, 1)
+    cpio.chardev("dev/null", 1, 3, 0o666)
+    cpio.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
+    for applet in _busybox_applets():
+        cpio.symlink(f"bin/{applet}", "busybox")  # what `busybox --install -s` would make at each boot
+    cpio.file("init", guestinit.INIT_SCRIPT.encode(), 0o755)
+    cpio.file("bin/isobox-run", helper.read_bytes(), 0o755)
+    found = {p.stem: p for p in modules_dir.rglob("*.ko")}
+    for name in MODULES:
+        if name in found:
+            cpio.file(f"lib/modules/{name}.ko", found[name].read_bytes())
+    if agent_tree is not None and (agent_tree / AGENT_BINARY).exists():
+        agent = agent_tree / AGENT_BINARY
+        cpio.file("/" + AGENT_BINARY, agent.read_bytes(), 0o755)
+        for lib in _shared_libraries(agent):
+            _add_host_file(cpio, lib)
+    return cpio.finish()
+
+
+def boot_files() -> BootFiles:
+    """The kernel and initramfs every microVM boots (``ISOBOX_VM_KERNEL`` overrides the kernel)."""
+    root = cache_root()
+    with _locked(root):
+        vmlinuz, modules_dir, version = kernel_tree(root)
+        override = os.environ.get("ISOBOX_VM_KERNEL")
+        if override:
+            vmlinuz = Path(override)
+        try:
+            agent_tree: Path | None = _fetch(AGENT_PACKAGE, root)
+        except RuntimeFailure:
+            agent_tree = None  # exec/cp are unavailable, runs still work
+        helper = run_helper(root)
+        key = hashlib.sha256(
+            f"{guestinit.INIT_SCRIPT}\0{version}\0{MODULES}\0{agent_tree is not None}\0{helper.name}".encode()
+            + Path(BUSYBOX).read_bytes()[:4096]).hexdigest()[:16]
+        initramfs = root / f"initramfs-{key}.cpio"
+        if not initramfs.exists():
+            tmp = initramfs.with_suffix(".tmp")
+            tmp.write_bytes(build_initramfs(modules_dir, agent_tree, helper))
+            os.rename(tmp, initramfs)
+            for old in root.glob("initramfs-*.cpio"):
+                if old != initramfs:  # running VMs keep their mapping of an unlinked file
+                    old.unlink(missing_ok=True)
+        return BootFiles(vmlinuz, initramfs, version)

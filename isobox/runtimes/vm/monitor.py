@@ -1,0 +1,375 @@
+"""The per-VM monitor: runs QEMU as its child and outlives the daemon, like a container's monitor.
+
+    python -m isobox.runtimes.vm.monitor CONFIG.json STATUS_FD
+
+It starts QEMU, connects to its chardev sockets (serial console and the virtio-serial ports of
+``guestinit.py``), and waits for the guest init's "workload" mark on the console.  Only then
+does it report ``{"pid": QEMU's pid, ...}`` on the status fd — or an error carrying the last
+console lines, when QEMU dies, the kernel panics or the mark does not come in time.  After
+that it is the container monitor's ``Pump`` (log, attach clients), extended for the console and
+the exit port, and it writes the guest workload's exit code to the exit file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from isobox.attach import Frame
+from isobox.errors import RuntimeFailure
+from isobox.logs import LogWriter
+from isobox.runtimes.container.monitor import ExitStatus, Pump, write_file_atomic
+
+CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
+READY_MARK = b"isobox-init: workload"
+ATTACH_TIMEOUT = 60.0
+CONSOLE_TAIL = 20
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common (QEMU 7.2's C virtiofsd)
+
+
+@dataclass
+class MonitorConfig:
+    argv: list[str]
+    run_dir: str
+    log_path: str
+    console_log: str
+    exit_path: str
+    wait_attach: bool
+    boot_timeout: float
+    volumes: list[tuple[str, bool]] = field(default_factory=list)  # (host dir, read-only)
+
+    def sock(self, name: str) -> str:
+        return os.path.join(self.run_dir, f"{name}.sock")
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+
+class BootFailure(Exception):
+    pass
+
+
+class Console:
+    """The serial console: appended to console.log, its tail kept for error messages."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.lines: deque[bytes] = deque(maxlen=CONSOLE_TAIL)
+        self.partial = b""
+        self.ready = False
+
+    def feed(self, data: bytes) -> None:
+        os.write(self.fd, data)
+        text = self.partial + data
+        *done, self.partial = text.split(b"\n")
+        for line in done:
+            line = line.rstrip(b"\r")
+            if line.startswith(READY_MARK):
+                self.ready = True
+            self.lines.append(line)
+
+    def tail(self) -> str:
+        lines = [*self.lines, self.partial] if self.partial else list(self.lines)
+        return "\n".join(line.decode(errors="replace") for line in lines if line.strip())
+
+
+def _process_start(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return int(fh.read().rsplit(b")", 1)[1].split()[19])
+
+
+def _connect(path: str, qemu: subprocess.Popen[bytes], deadline: float) -> socket.socket:
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if qemu.poll() is not None or time.monotonic() > deadline:
+                raise BootFailure("QEMU did not start") from None
+            time.sleep(0.005)
+
+
+def _listen(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(8)
+    return sock
+
+
+class VmPump(Pump):
+    """Pump plus the console (to console.log) and the exit port; signals go into the guest."""
+
+    def __init__(self, qemu_pid: int, listener: socket.socket, ports: dict[str, socket.socket],
+                 console: Console, log: LogWriter, stdin: bool) -> None:
+        outputs = {ports["stdout"].fileno(): 1, ports["stderr"].fileno(): 2,
+                   ports["console"].fileno(): CONSOLE, ports["exit"].fileno(): EXIT}
+        stdin_fd = ports["stdin"].fileno() if stdin else None
+        super().__init__(qemu_pid, listener, outputs, stdin_fd, None, log)
+        self.ports = ports
+        self.console = console
+        self.exit_line = b""
+        # `isobox console`: raw bytes both ways between clients and the serial console.
+        self.console_listener = _listen(os.path.join(os.path.dirname(listener.getsockname()), "tty.sock"))
+        self.sel.register(self.console_listener, selectors.EVENT_READ, ("out", CONSOLE_LISTEN))
+        self.console_clients: dict[int, socket.socket] = {}
+
+    def _on_output(self, fd: int, stream: int) -> None:
+        if stream in (1, 2):
+            super()._on_output(fd, stream)
+            return
+        if stream == CONSOLE_LISTEN:
+            with contextlib.suppress(OSError):
+                conn, _ = self.console_listener.accept()
+                self.console_clients[conn.fileno()] = conn
+                self.sel.register(conn, selectors.EVENT_READ, ("out", CONSOLE_CLIENT))
+            return
+        if stream == CONSOLE_CLIENT:
+            client = self.console_clients[fd]
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                with contextlib.suppress(OSError):
+                    self.ports["console"].sendall(data)
+            else:
+                self.sel.unregister(fd)
+                del self.console_clients[fd]
+                client.close()
+            return
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            self.open_outputs -= 1
+            return
+        if stream == CONSOLE:
+            self.console.feed(data)
+            for client in list(self.console_clients.values()):
+                try:
+                    client.sendall(data)
+                except OSError:
+                    self.sel.unregister(client)
+                    del self.console_clients[client.fileno()]
+                    client.close()
+        else:
+            self.exit_line += data
+
+    def _on_frame(self, kind: Frame, payload: bytes) -> None:
+        if kind == Frame.STDIN_EOF and self.stdin_fd is not None:
+            # Half-close: QEMU reads (and passes on) what is buffered before it sees EOF, even
+            # when the guest opens its stdin port only later; a close could drop that data.
+            with contextlib.suppress(OSError):
+                self.ports["stdin"].shutdown(socket.SHUT_WR)
+            self.stdin_fd = None
+            return
+        if kind == Frame.SIGNAL:
+            with contextlib.suppress(ValueError, OSError):
+                self.ports["signal"].sendall(b"%d\n" % int(payload))
+            return
+        super()._on_frame(kind, payload)
+
+    def guest_exit(self) -> tuple[int | None, str | None]:
+        line = self.exit_line.decode(errors="replace").strip()
+        if line.startswith("exit "):
+            with contextlib.suppress(ValueError):
+                return int(line.split()[1]), None
+        if line.startswith("error "):
+            return 125, line.removeprefix("error ")
+        return None, None
+
+
+def _wait_ready(qemu: subprocess.Popen[bytes], console_sock: socket.socket, console: Console,
+                deadline: float) -> None:
+    sel = selectors.DefaultSelector()
+    sel.register(console_sock, selectors.EVENT_READ)
+    pidfd = os.pidfd_open(qemu.pid)
+    sel.register(pidfd, selectors.EVENT_READ)
+    try:
+        while not console.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BootFailure("the VM did not start its workload in time")
+            for key, _ in sel.select(remaining):
+                if key.fileobj is console_sock:
+                    data = console_sock.recv(65536)
+                    if data:
+                        console.feed(data)
+                        continue
+                # QEMU ended (or closed the console): drain what is left and fail
+                with contextlib.suppress(OSError):
+                    console_sock.settimeout(0.2)
+                    while data := console_sock.recv(65536):
+                        console.feed(data)
+                if not console.ready:
+                    raise BootFailure("the VM stopped before its workload started")
+    finally:
+        sel.close()
+        os.close(pidfd)
+
+
+def unmount_under(root: str) -> None:
+    """Detach every mount below ``root`` (read-only volume stages), deepest first."""
+    prefix = root.rstrip("/") + "/"
+    points = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            point = line.split()[4].replace("\\040", " ")
+            if point.startswith(prefix):
+                points.append(point)
+    for point in sorted(set(points), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _start_volumes(cfg: MonitorConfig) -> list[subprocess.Popen[bytes]]:
+    """One virtiofsd per volume.  C virtiofsd has no read-only mode, so a read-only volume is
+    shared through a read-only bind mount of it (the guest mounts it ro as well)."""
+    procs = []
+    log = os.open(os.path.join(cfg.run_dir, "virtiofsd.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for i, (source, readonly) in enumerate(cfg.volumes):
+            shared = source
+            if readonly:
+                shared = os.path.join(cfg.run_dir, f"vol{i}")
+                os.makedirs(shared, exist_ok=True)
+                subprocess.run(["mount", "--bind", source, shared], check=True, capture_output=True)
+                subprocess.run(["mount", "-o", "remount,bind,ro", shared], check=True, capture_output=True)
+            procs.append(subprocess.Popen(
+                [VIRTIOFSD, f"--socket-path={cfg.sock(f'fs{i}')}", "-o", f"source={shared}", "-o", "cache=auto"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+    finally:
+        os.close(log)
+    deadline = time.monotonic() + 10
+    for i, proc in enumerate(procs):
+        while not os.path.exists(cfg.sock(f"fs{i}")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise BootFailure(f"virtiofsd for {cfg.volumes[i][0]} did not start")
+            time.sleep(0.005)
+    return procs
+
+
+def _stop_volumes(cfg: MonitorConfig, procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.wait(5)
+    unmount_under(cfg.run_dir)
+
+
+def _stop_qemu(qemu: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        qemu.kill()
+    with contextlib.suppress(Exception):
+        qemu.wait(10)
+
+
+def run(cfg: MonitorConfig, status_fd: int) -> None:
+    console = Console(cfg.console_log)
+    qemu_log = os.open(os.path.join(cfg.run_dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    listener = _listen(cfg.sock("attach"))
+    try:
+        virtiofsd = _start_volumes(cfg)
+    except (BootFailure, subprocess.CalledProcessError, OSError) as exc:
+        unmount_under(cfg.run_dir)
+        os.write(status_fd, json.dumps({"error": f"cannot share the volumes: {exc}"}).encode() + b"\n")
+        return
+    qemu = subprocess.Popen(cfg.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                            close_fds=True)
+    os.close(qemu_log)
+    ports: dict[str, socket.socket] = {}
+    try:
+        deadline = time.monotonic() + cfg.boot_timeout
+        for name in ("console", "stdin", "stdout", "stderr", "exit", "signal"):
+            ports[name] = _connect(cfg.sock(name), qemu, time.monotonic() + 10)
+        _wait_ready(qemu, ports["console"], console, deadline)
+    except BootFailure as exc:
+        _stop_qemu(qemu)
+        _stop_volumes(cfg, virtiofsd)
+        qemu_err = Path(cfg.run_dir, "qemu.log").read_text(errors="replace").strip()
+        detail = "\n".join(x for x in (console.tail(), qemu_err) if x)
+        message = f"{exc}; last console lines:\n{detail}" if detail else str(exc)
+        os.write(status_fd, json.dumps({"error": message}).encode() + b"\n")
+        return
+    me = os.getpid()
+    os.write(status_fd, json.dumps({"pid": qemu.pid, "start": _process_start(qemu.pid), "monitor": me,
+                                    "monitor_start": _process_start(me)}).encode() + b"\n")
+    log_fd = os.open(cfg.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    pump = VmPump(qemu.pid, listener, ports, console, LogWriter(log_fd), stdin=True)
+    if cfg.wait_attach:
+        pump.wait_first_client(ATTACH_TIMEOUT)
+    status = pump.run()
+    assert status is not None  # no handover_after: run() returns once QEMU has exited
+    _stop_volumes(cfg, virtiofsd)
+    code, error = pump.guest_exit()
+    if code is None:
+        if os.WIFSIGNALED(status):
+            code = 128 + os.WTERMSIG(status)
+        else:
+            code = 255
+            error = "the VM stopped without reporting the workload's exit; last console lines:\n" + console.tail()
+    result = ExitStatus(code, False, error, time.time())
+    write_file_atomic(cfg.exit_path, json.dumps(result.to_json()).encode(), durable=False)
+    pump.finish(result)
+    os.close(status_fd)
+    for name in ("attach", "tty", "console", "stdin", "stdout", "stderr", "exit", "signal", "qga", "qmp"):
+        with contextlib.suppress(OSError):
+            os.unlink(cfg.sock(name))
+
+
+def read_line(fd: int, timeout: float) -> bytes:
+    """The monitor's status line, as the daemon reads it (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise RuntimeFailure(f"the VM did not start within {timeout:.0f} s")
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def main() -> None:
+    cfg = MonitorConfig(**json.loads(Path(sys.argv[1]).read_text()))
+    status_fd = int(sys.argv[2])
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the monitor ends when QEMU ends, not before
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(devnull, fd)
+    try:
+        run(cfg, status_fd)
+    except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
+        with contextlib.suppress(OSError):
+            os.write(status_fd, json.dumps({"error": f"VM monitor: {type(exc).__name__}: {exc}"}).encode() + b"\n")
+        raise
+
+
+if __name__ == "__main__":
+    main()

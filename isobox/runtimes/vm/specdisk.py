@@ -1,0 +1,56 @@
+"""The spec disk: a small read-only virtio disk holding a sh script the guest init sources.
+
+A disk rather than the kernel command line (2 KiB on x86, and quoting) or fw_cfg (a module
+and an ACPI entry microvm may lack).  Every value is quoted here with ``shlex.quote``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+ROOT = "/newroot"
+RUN_HELPER = "/bin/isobox-run"
+
+
+@dataclass
+class GuestProcess:
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str
+    uid: int
+    gid: int
+    groups: list[int] = field(default_factory=list)
+
+
+def helper_argv(proc: GuestProcess) -> list[str]:
+    """``isobox-run`` (guestrun.c) with its arguments: the same for the workload and for exec."""
+    env = [f"{k}={v}" for k, v in proc.env.items()]
+    groups = ",".join(str(g) for g in proc.groups) or "-"
+    return [RUN_HELPER, ROOT, str(proc.uid), str(proc.gid), groups, proc.workdir, str(len(env)), *env,
+            "--", *proc.argv]
+
+
+def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
+                volumes: list[tuple[str, bool]] | None = None) -> str:
+    """``volumes``: (target, readonly) in order; volume i has the virtio-fs tag ``vol<i>``."""
+    lines = [
+        f"ISOBOX_HOSTNAME={shlex.quote(hostname)}",
+        f"ISOBOX_STDIN={1 if stdin else 0}",
+    ]
+    if volumes:
+        lines.append("ISOBOX_VOLUMES=1")
+        lines.append("volumes() {")
+        lines += [f"    mount_volume vol{i} {shlex.quote(target)} {'ro' if ro else 'rw'}"
+                  for i, (target, ro) in enumerate(volumes)]
+        lines.append("}")
+    lines += [
+        "set -- " + " ".join(shlex.quote(a) for a in helper_argv(proc)),
+        "#END",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def disk_image(script: str) -> bytes:
+    data = script.encode()
+    return data + b"\0" * (-len(data) % 4096 or 4096)

@@ -1,0 +1,165 @@
+"""The VM isolation level for real: few boots (each is seconds under TCG), many checks per boot.
+
+The guest kernel and initramfs are prepared once into the shared cache (``ISOBOX_CACHE``); the
+first test pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from isobox import sysinfo
+from tests.conftest import Isobox
+from tests.integration.helpers import processes_under
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
+]
+
+
+def _inspect(box: Isobox, ref: str) -> dict:
+    return json.loads(box.cli("inspect", ref, check=True).stdout)[0]
+
+
+def _assert_vm_gone(box: Isobox, cid: str) -> None:
+    assert not (box.run_root / "v" / cid[:16]).exists(), "run dir left behind"
+    assert not (box.root / "containers" / cid).exists(), "overlay/log left behind"
+    assert processes_under(box.run_root / "v" / cid[:16]) == [], "QEMU or monitor left behind"
+    listed = json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)
+    assert cid not in [c["Id"] for c in listed], "row left behind"
+
+
+def test_vm_run_applies_the_spec_and_returns_the_exit_code(isobox: Isobox, tmp_path: Path) -> None:
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    rw.chmod(0o777)  # the guest writes as uid 1000
+    ro.mkdir()
+    (ro / "in.txt").write_text("from-host\n")
+    script = ('echo "$FOO"; pwd; id -u; id -g; hostname; nproc; grep MemTotal /proc/meminfo; '
+              'cat /in/in.txt; echo from-guest > /out/g.txt; touch /in/x 2>/dev/null || echo ro-refused; '
+              'cat; echo to-stderr >&2; exit 3')
+    res = isobox.cli("run", "--rm", "-i", "--isolation", "vm", "-e", "FOO=bar baz", "-w", "/srv/work",
+                     "-u", "1000:1000", "--hostname", "guest1", "--memory", "256m", "--cpus", "2",
+                     "-v", f"{rw}:/out", "-v", f"{ro}:/in:ro", "busybox", "sh", "-c", script, input="piped\n", timeout=300)
+    assert res.returncode == 3, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[:6] == ["bar baz", "/srv/work", "1000", "1000", "guest1", "2"]
+    mem_kib = int(lines[6].split()[1])
+    assert 150_000 < mem_kib <= 256 * 1024
+    assert lines[7:] == ["from-host", "ro-refused", "piped"]
+    assert (rw / "g.txt").read_text() == "from-guest\n" and not (ro / "x").exists()
+    assert "to-stderr" in res.stderr
+    if sysinfo.accelerator()[0] == "tcg":
+        assert "TCG" in res.stderr  # the warning
+
+
+def test_vm_detached_logs_exec_cp_stop_rm(isobox: Isobox, tmp_path: Path) -> None:
+    script = 'echo started; trap "echo got-term; exit 5" TERM; while true; do sleep 1; done'
+    cid = isobox.cli("run", "-d", "--name", "vm1", "--isolation", "vm", "busybox", "sh", "-c", script,
+                     check=True, timeout=300).stdout.strip().splitlines()[-1]
+    try:
+        info = _inspect(isobox, "vm1")
+        applied = info["Applied"]
+        assert applied["Machine"] == "microvm" and applied["Accelerator"] in ("kvm", "tcg")
+        assert "-sandbox on,obsolete=deny" in applied["QemuCommandLine"]
+        assert applied["QemuPid"] == info["State"]["Pid"] and applied["KernelVersion"]
+        deadline = time.monotonic() + 30
+        while "started" not in isobox.cli("logs", "vm1").stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "started" in isobox.cli("logs", "vm1").stdout
+
+        res = isobox.cli("exec", "vm1", "sh", "-c", "echo out; echo err >&2; exit 4")
+        assert (res.returncode, res.stdout, res.stderr) == (4, "out\n", "err\n")
+
+        src = tmp_path / "payload"
+        src.write_bytes(bytes(range(256)) * 300)
+        isobox.cli("cp", str(src), "vm1:/tmp/payload", check=True)
+        back = tmp_path / "back"
+        isobox.cli("cp", "vm1:/tmp/payload", str(back), check=True)
+        assert back.read_bytes() == src.read_bytes()
+
+        isobox.cli("exec", "vm1", "sh", "-c", "echo before > /state", check=True)
+        isobox.cli("snapshot", "create", "vm1", "s1", check=True)
+        isobox.cli("exec", "vm1", "sh", "-c", "echo after > /state", check=True)
+        assert "s1" in isobox.cli("snapshot", "ls", "vm1", check=True).stdout
+        isobox.cli("snapshot", "restore", "vm1", "s1", check=True)  # disk and memory
+        assert isobox.cli("exec", "vm1", "cat", "/state", check=True).stdout == "before\n"
+        isobox.cli("snapshot", "rm", "vm1", "s1", check=True)
+        assert "s1" not in isobox.cli("snapshot", "ls", "vm1", check=True).stdout
+
+        isobox.cli("stop", "vm1", check=True)  # SIGTERM reaches the workload: it exits 5
+        state = _inspect(isobox, "vm1")["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 5)
+        assert "got-term" in isobox.cli("logs", "vm1").stdout
+    finally:
+        isobox.cli("rm", "-f", "vm1")
+    _assert_vm_gone(isobox, cid)
+
+
+def test_vm_kill_and_force_remove(isobox: Isobox) -> None:
+    cid = isobox.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "1000",
+                     check=True, timeout=300).stdout.strip().splitlines()[-1]
+    isobox.cli("kill", cid, check=True)
+    assert isobox.cli("wait", cid, check=True).stdout.strip() == "137"
+    isobox.cli("rm", cid, check=True)
+    _assert_vm_gone(isobox, cid)
+
+
+def test_vm_survives_a_daemon_kill(isobox: Isobox, tmp_path: Path) -> None:
+    """The monitor, not the daemon, owns QEMU: a restarted daemon re-adopts the running VM."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import VENV_BIN, _socket_up
+
+    base = Path(f"/tmp/ibx-vmd-{os.getpid()}")
+    env = dict(isobox.env, ISOBOX_ROOT=f"{base}/root", ISOBOX_RUN=f"{base}/run",
+               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-vmd")
+    box = Isobox(isobox.base, env)
+    daemons: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        with open(tmp_path / "isoboxd.log", "ab") as log:
+            daemons.append(subprocess.Popen([str(VENV_BIN / "isoboxd")], env=env, stdout=log, stderr=log,
+                                            start_new_session=True))
+        deadline = time.monotonic() + 30
+        while not _socket_up(box.run_root / "isobox.sock"):
+            assert daemons[-1].poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+
+    start()
+    try:
+        box.cli("image", "build", "busybox", check=True)
+        cid = box.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "300",
+                      check=True, timeout=300).stdout.split()[-1]
+        qemu_pid = _inspect(box, cid)["State"]["Pid"]
+        os.kill(int((box.run_root / "isobox.pid").read_text()), signal.SIGKILL)
+        daemons[-1].wait()
+        start()
+        assert _inspect(box, cid)["State"]["Status"] == "running"
+        os.kill(qemu_pid, 0)  # still the same QEMU
+        assert box.cli("exec", cid, "echo", "adopted", check=True).stdout == "adopted\n"
+        box.cli("stop", "-t", "5", cid, check=True)
+        state = _inspect(box, cid)["State"]
+        assert (state["Status"], state["ExitCode"]) == ("exited", 143)  # sleep died of SIGTERM
+        box.cli("rm", cid, check=True)
+        _assert_vm_gone(box, cid)
+    finally:
+        box.cli("rm", "-f", *box.cli("ps", "-aq").stdout.split())
+        for proc in daemons:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+        from tests.conftest import _remove_cgroup_parent
+
+        _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
