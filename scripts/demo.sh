@@ -36,3 +36,10 @@ isobox logs isobox-demo-bg
 isobox stop -t 1 isobox-demo-bg
 isobox rm isobox-demo-bg
 echo "removed $id"
+
+step "isobox compare: the same workload natively, as a container, a gVisor sandbox and a VM"
+# Two repetitions keep this step near a minute and a half here (a VM under TCG boots in ~10 s);
+# the HTML report has the charts.
+isobox compare -n 2 --html /tmp/isobox-compare.html busybox -- sh -c 'echo "hello from $(hostname)"'
+echo "HTML report with charts: /tmp/isobox-compare.html"
+isobox advise --untrusted --start-budget 1000

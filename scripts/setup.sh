@@ -53,3 +53,9 @@ if [ ! -x "$pump_bin" ] || [ "$pump_src" -nt "$pump_bin" ]; then
     gcc -O2 -Wall -Wextra -Werror -o "$pump_bin.tmp" "$pump_src"
     mv "$pump_bin.tmp" "$pump_bin"
 fi
+
+# The VM level's guest kernel (Debian's linux-image-cloud-amd64) and qemu-guest-agent: fetched with
+# apt-get download into /var/cache/isobox/vm (never installed on the host) and the initramfs built;
+# idempotent, and isobox does the same on first use if this step was skipped.
+.venv/bin/python -c "from isobox.runtimes.vm import guest; guest.boot_files()" \
+    || echo "isobox setup: warning: could not prepare the VM guest kernel (VMs will try again on first use)" >&2

@@ -292,22 +292,6 @@ def image_rm(args: argparse.Namespace, client: Client) -> int:
     return each(args.images, action)
 
 
-def image_build(args: argparse.Namespace, client: Client) -> int:
-    body = {"kind": args.kind, "tag": args.tag}
-    if sys.stderr.isatty():
-        from rich.console import Console  # only here: the one verb that shows progress
-
-        with Console(stderr=True).status(f"Building the {args.kind} image…"):
-            image = client.call("POST", "/images/build", body)
-    else:
-        image = client.call("POST", "/images/build", body)
-    tags = ", ".join(image.get("RepoTags") or [])
-    size = output.format_size(float(image.get("Size") or 0))
-    print(f"Built {tags or args.kind} ({size})", file=sys.stderr)
-    out(str(image.get("Id", "")))
-    return 0
-
-
 # -- system ----------------------------------------------------------------------------------------
 
 
@@ -351,9 +335,20 @@ def version(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+from isobox.cli import commands_compare as _compare  # noqa: E402
+from isobox.cli import commands_images as _images  # noqa: E402 - it imports each/out from here
+from isobox.cli import commands_vm as _vm  # noqa: E402
+
 VERBS: dict[str, Verb] = {
     "run": run, "create": create, "start": start, "exec": exec_, "stop": stop, "kill": kill, "rm": rm,
     "wait": wait, "ps": ps, "inspect": inspect, "logs": logs, "stats": stats,
-    "image_ls": image_ls, "image_rm": image_rm, "image_build": image_build,
+    "image_ls": image_ls, "image_rm": image_rm, "image_build": _images.image_build,
+    "image_load": _images.image_load, "image_save": _images.image_save, "image_inspect": _images.image_inspect,
+    "image_history": _images.image_history, "image_tag": _images.image_tag, "image_prune": _images.image_prune,
+    "build": _images.build,
     "system_info": system_info, "version": version,
+    "cp": _vm.cp, "snapshot_create": _vm.snapshot_create, "snapshot_ls": _vm.snapshot_ls,
+    "snapshot_restore": _vm.snapshot_restore, "snapshot_rm": _vm.snapshot_rm,
+    "console": _vm.console,
+    "compare": _compare.compare, "advise": _compare.advise,
 }

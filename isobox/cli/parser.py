@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from isobox import __version__
+from isobox.cli.commands_compare import advise_flags, compare_flags
 from isobox.cli.runflags import add_run_flags
 
 
@@ -142,12 +143,77 @@ def _image_rm(p: argparse.ArgumentParser) -> None:
 
 
 def _image_build(p: argparse.ArgumentParser) -> None:
-    p.add_argument("kind", metavar="KIND", help="what to build: busybox")
-    p.add_argument("-t", "--tag", help="name:tag (default KIND:latest)")
+    p.add_argument("kind", metavar="KIND", help="what to build: busybox, debian:bookworm, debian:trixie")
+    p.add_argument("-t", "--tag", help="name:tag (default KIND:latest, KIND for debian)")
+    p.add_argument("--include", action="append", default=[], metavar="PKG,...", help="extra Debian packages")
+
+
+def _image_load(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--input", help="docker save or OCI archive (plain or gzip)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+
+
+def _image_save(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", help="OCI archive to write")
+    p.add_argument("image", metavar="IMAGE")
+
+
+def _image_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--format", help="Go-style template, e.g. {{.Id}}")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+
+def _image_history(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-trunc", action="store_true", help="full commands")
+    p.add_argument("--format", help="json")
+    p.add_argument("image", metavar="IMAGE")
+
+
+def _image_tag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("target", metavar="TARGET", help="NAME[:TAG]")
+
+
+def _image_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="every unused image, not only untagged ones")
+    p.add_argument("-f", "--force", action="store_true", help="do not ask (isobox never asks)")
+
+
+def _build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", help="the Dockerfile (default CONTEXT/Dockerfile)")
+    p.add_argument("-t", "--tag", action="append", default=[], help="NAME[:TAG], repeatable")
+    p.add_argument("--build-arg", action="append", default=[], metavar="KEY[=VALUE]")
+    p.add_argument("--no-cache", action="store_true", help="do not reuse cached layers")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    p.add_argument("context", metavar="CONTEXT")
 
 
 def _format_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="json or a Go-style template")
+
+
+def _cp(p: argparse.ArgumentParser) -> None:
+    from isobox.cli.commands_vm import cp_flags
+
+    cp_flags(p)
+
+
+def _console(p: argparse.ArgumentParser) -> None:
+    from isobox.cli.commands_vm import console_flags
+
+    console_flags(p)
+
+
+def _snapshot(p: argparse.ArgumentParser) -> None:
+    from isobox.cli.commands_vm import snapshot_flags
+
+    snapshot_flags(p)
+
+
+def _snapshot_ls(p: argparse.ArgumentParser) -> None:
+    from isobox.cli.commands_vm import snapshot_ls_flags
+
+    snapshot_ls_flags(p)
 
 
 # (name, aliases, command key, help, flags, argparse's -h)
@@ -157,6 +223,18 @@ IMAGE_VERBS: list[Verb] = [
     ("ls", ("list",), "image_ls", "List images", _image_ls, True),
     ("rm", ("remove",), "image_rm", "Remove images", _image_rm, True),
     ("build", (), "image_build", "Build an image locally", _image_build, True),
+    ("load", (), "image_load", "Load images from a docker save or OCI archive", _image_load, True),
+    ("save", (), "image_save", "Save an image to an OCI archive", _image_save, True),
+    ("inspect", (), "image_inspect", "Show images' details as JSON", _image_inspect, True),
+    ("history", (), "image_history", "Show how an image was made", _image_history, True),
+    ("tag", (), "image_tag", "Give an image another name", _image_tag, True),
+    ("prune", (), "image_prune", "Remove unused images, blobs and layers", _image_prune, True),
+]
+SNAPSHOT_VERBS: list[Verb] = [
+    ("create", (), "snapshot_create", "Snapshot a VM (disk, and memory when it runs)", _snapshot, True),
+    ("ls", ("list",), "snapshot_ls", "List a VM's snapshots", _snapshot_ls, True),
+    ("restore", (), "snapshot_restore", "Return a VM to a snapshot", _snapshot, True),
+    ("rm", ("remove",), "snapshot_rm", "Delete a VM's snapshot", _snapshot, True),
 ]
 SYSTEM_VERBS: list[Verb] = [
     ("info", (), "system_info", "What this host offers each isolation level", _format_only, True),
@@ -184,15 +262,24 @@ VERBS: list[Verb] = [
     ("ps", ("ls",), "ps", "List workloads", _ps, True),
     ("logs", (), "logs", "Show a workload's output", _logs, True),
     ("exec", (), "exec", "Run a command in a running workload", _exec, True),
+    ("cp", (), "cp", "Copy a file between the host and a VM (guest agent)", _cp, True),
+    ("snapshot", (), "help", "Manage VM snapshots", _group(SNAPSHOT_VERBS, "isobox snapshot"), True),
+    ("console", (), "console", "Attach to a VM's serial console (Ctrl-] detaches)", _console, True),
     ("inspect", (), "inspect", "Show workloads' details as JSON", _inspect, True),
     ("wait", (), "wait", "Wait for workloads to stop, print their exit codes", _containers, True),
     ("stats", (), "stats", "Live resource usage", _stats, True),
     ("image", (), "help", "Manage images", _group(IMAGE_VERBS, "isobox image"), True),
     ("images", (), "image_ls", "List images (image ls)", _image_ls, True),
     ("rmi", (), "image_rm", "Remove images (image rm)", _image_rm, True),
+    ("build", (), "build", "Build an image from a Dockerfile", _build, True),
+    ("load", (), "image_load", "Load images from an archive (image load)", _image_load, True),
+    ("save", (), "image_save", "Save an image to an OCI archive (image save)", _image_save, True),
+    ("tag", (), "image_tag", "Give an image another name (image tag)", _image_tag, True),
     ("system", (), "help", "Host checks and daemon information", _group(SYSTEM_VERBS, "isobox system"), True),
     ("info", (), "system_info", "What this host offers each isolation level (system info)", _format_only, True),
     ("version", (), "version", "Client and daemon versions", _format_only, True),
+    ("compare", (), "compare", "Measure every isolation level on this host", compare_flags, True),
+    ("advise", (), "advise", "Recommend an isolation level, backed by this host's figures", advise_flags, True),
 ]
 
 
