@@ -10,7 +10,9 @@ same framing carries ``logs`` over the API, so one decoder serves both.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -63,6 +65,20 @@ class Decoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+
+def listen(path: str, backlog: int = 8) -> socket.socket:
+    """A root-only listening socket at ``path`` (it carries a workload's stdio)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)  # never world-accessible, not even between bind and chmod
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    return sock
 
 
 def connect(path: str, timeout: float = 10.0) -> socket.socket:

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from isobox import paths
+from isobox import attach, paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError
 from isobox.images.store import Image
 from isobox.runtimes.base import ExecRequest, Launched
@@ -173,16 +173,7 @@ class ContainerRuntime:
 
     @staticmethod
     def _listen(path: Path) -> socket.socket:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)  # the socket carries the workload's stdio: root only
-        try:
-            sock.bind(str(path))
-        finally:
-            os.umask(old)
-        sock.listen(8)
-        return sock
+        return attach.listen(str(path))
 
     def signal(self, rec: ContainerRecord, sig: int) -> None:
         pidfd = self._pidfd(rec)
@@ -198,16 +189,7 @@ class ContainerRuntime:
     @staticmethod
     def _pidfd(rec: ContainerRecord) -> int | None:
         """A pidfd on the workload, after checking the pid was not reused by something else."""
-        if not rec.pid:
-            return None
-        try:
-            pidfd = sc.pidfd_open(rec.pid)
-        except ProcessLookupError:
-            return None
-        if rec.pid_start and sc.process_start_time(rec.pid) != rec.pid_start:
-            os.close(pidfd)
-            return None
-        return pidfd
+        return sc.pidfd_of(rec.pid, rec.pid_start)
 
     def exec(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
              request: ExecRequest) -> tuple[Launched, str]:

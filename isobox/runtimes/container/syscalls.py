@@ -180,6 +180,20 @@ def pidfd_open(pid: int) -> int:
     return os.pidfd_open(pid)
 
 
+def pidfd_of(pid: int | None, start: int | None) -> int | None:
+    """A pidfd on ``pid`` if it is still the process that started at ``start`` (not a reuse)."""
+    if not pid:
+        return None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if start and process_start_time(pid) != start:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
 def process_start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat: with the pid, identifies a process across pid reuse."""
     try:

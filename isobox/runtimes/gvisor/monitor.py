@@ -24,6 +24,7 @@ import termios
 import time
 from dataclasses import dataclass, field
 
+from isobox import attach
 from isobox.attach import Frame
 from isobox.logs import LogWriter
 from isobox.runtimes.container import launch
@@ -195,16 +196,7 @@ def _wait_running(cmd: RunscCommand, child: int) -> None:
 
 
 def _console_listener(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(1)
-    return sock
+    return attach.listen(path, backlog=1)
 
 
 def _take_console(pump: Pump, console: socket.socket) -> None:

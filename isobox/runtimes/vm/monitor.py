@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from isobox import attach
 from isobox.attach import Frame
 from isobox.errors import RuntimeFailure
 from isobox.logs import LogWriter
@@ -103,16 +104,7 @@ def _connect(path: str, qemu: subprocess.Popen[bytes], deadline: float) -> socke
 
 
 def _listen(path: str) -> socket.socket:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(8)
-    return sock
+    return attach.listen(path)
 
 
 class VmPump(Pump):

@@ -220,16 +220,7 @@ class VmRuntime:
     def _qemu_pidfd(rec: ContainerRecord) -> int | None:
         from isobox.runtimes.container import syscalls as sc
 
-        if not rec.pid:
-            return None
-        try:
-            pidfd = os.pidfd_open(rec.pid)
-        except ProcessLookupError:
-            return None
-        if rec.pid_start and sc.process_start_time(rec.pid) != rec.pid_start:
-            os.close(pidfd)
-            return None
-        return pidfd
+        return sc.pidfd_of(rec.pid, rec.pid_start)
 
     def _kill_qemu(self, rec: ContainerRecord) -> None:
         pidfd = self._qemu_pidfd(rec)
