@@ -113,6 +113,7 @@ class Engine:
         self._exited: dict[str, asyncio.Event] = {}
         self._removed: dict[str, asyncio.Event] = {}
         self._final: dict[str, ExitStatus] = {}
+        self._starting: set[str] = set()
         self._cpu_samples: dict[str, tuple[float, int]] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -266,26 +267,36 @@ class Engine:
     def start(self, ref: str, attach: bool = False) -> StartInfo:
         """With attach=True the workload waits to exec until the first client connects to
         ``attach_socket``, so no output is lost."""
+        # The engine lock covers the state check and the bookkeeping, not the start itself: a VM
+        # boot takes seconds under TCG, and other workloads' exits must be recorded meanwhile.
         with self._lock:
             rec = self.store.find_container(ref)
             if rec.state == "running" and self._alive(rec.pid, rec.pid_start):
                 if attach:
                     raise Conflict(f"container {rec.name} is already running")
                 return StartInfo(rec.id, rec.name)
+            if rec.id in self._starting:
+                raise Conflict(f"container {rec.name} is already being started")
+            self._starting.add(rec.id)
+        try:
             spec = WorkloadSpec.from_dict(rec.spec)
             image = self.image_store.resolve(rec.image_id)
             self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
             launched, applied, sock = self._runtime(rec).start(rec, spec, image, attach)
-            self.store.update_container(
-                rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
-                monitor_pid=launched.monitor_pid, monitor_start=launched.monitor_start,
-                exit_code=None, oom_killed=0, error=None, started_at=time.time(), finished_at=None,
-                applied=applied)
-            self._final.pop(rec.id, None)
+            with self._lock:
+                self.store.update_container(
+                    rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
+                    monitor_pid=launched.monitor_pid, monitor_start=launched.monitor_start,
+                    exit_code=None, oom_killed=0, error=None, started_at=time.time(), finished_at=None,
+                    applied=applied)
+                self._final.pop(rec.id, None)
             if self.loop is not None:
                 self.loop.call_soon_threadsafe(lambda: self._event(self._exited, rec.id).clear())
             self._watch(rec.id, launched.monitor_pid, launched.done_fd)
             return StartInfo(rec.id, rec.name, sock, list(applied.get("CgroupWarnings", [])))
+        finally:
+            with self._lock:
+                self._starting.discard(rec.id)
 
     def run(self, spec: WorkloadSpec, attach: bool = False) -> StartInfo:
         """create + start; a failed start removes what create made."""
