@@ -345,7 +345,7 @@ def test_no_fd_leaks_and_preserve_fds(bundles: Bundles) -> None:
     path, cid = bundles.make("ls /proc/$$/fd; exit 0")
     proc = bundles.runtime("run", "--bundle", str(path), cid, stdin=subprocess.DEVNULL)
     assert proc.stdout.split() == ["0", "1", "2"], proc.stderr
-    path, cid = bundles.make("sleep 2 & ls /proc/$!/fd | xargs; cat <&3")
+    path, cid = bundles.make("sleep 2 & sleep 0.3; ls /proc/$!/fd | xargs; cat <&3")
     r, w = os.pipe()
     os.write(w, b"through fd 3\n")
     os.close(w)
@@ -402,7 +402,7 @@ def test_exec_joins_the_container(bundles: Bundles) -> None:
     path, cid = bundles.make(["sleep", "100"])
     assert bundles.runtime("run", "-d", "--bundle", str(path), cid, stdin=subprocess.DEVNULL).returncode == 0
     try:
-        proc = bundles.runtime("exec", cid, "sh", "-c", "hostname; echo $$; sleep 2 & ls /proc/$!/fd | xargs; exit 4", stdin=subprocess.DEVNULL)
+        proc = bundles.runtime("exec", cid, "sh", "-c", "hostname; echo $$; sleep 2 & sleep 0.3; ls /proc/$!/fd | xargs; exit 4", stdin=subprocess.DEVNULL)
         assert proc.returncode == 4 and proc.stdout.split("\n")[0] == "oci"
         assert int(proc.stdout.split("\n")[1]) > 1
         assert proc.stdout.split("\n")[2] == "0 1 2", "no fd of the runtime reaches an exec'd process"

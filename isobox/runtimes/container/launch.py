@@ -148,6 +148,17 @@ class Prepared:
 
     child: int
     sync: socket.socket
+    # A pooled monitor's pipe to the zygote: a byte there has it fork our replacement.  We
+    # send it once our workload runs, so that the replacement's forks and namespace set-up
+    # do not compete with this start for the CPU.
+    slot_fd: int = -1
+
+    def release_slot(self) -> None:
+        if self.slot_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.slot_fd, b"!")
+                os.close(self.slot_fd)
+            self.slot_fd = -1
 
     def discard(self) -> None:
         """Not a container request after all: let the init go and fork into our own
@@ -201,12 +212,15 @@ def run_monitor(request: Request, fds: dict[str, int], prepared: Prepared | None
     try:
         if prepared is None:
             become_monitor()
-        keep = tuple(fds.values()) + ((prepared.sync.fileno(),) if prepared is not None else ())
+        keep = tuple(fds.values())
+        if prepared is not None:
+            keep += (prepared.sync.fileno(), prepared.slot_fd)
         sc.close_range_from(3, keep)
         if isinstance(request, ContainerRequest):
             _container_monitor(request, fds, prepared)
         else:
             if prepared is not None:
+                prepared.release_slot()
                 prepared.discard()
             if isinstance(request, ExecRequest):
                 _exec_monitor(request, fds)
@@ -219,6 +233,8 @@ def run_monitor(request: Request, fds: dict[str, int], prepared: Prepared | None
         with contextlib.suppress(Exception):
             traceback.print_exc()
     finally:
+        if prepared is not None:
+            prepared.release_slot()
         os._exit(code)
 
 
@@ -476,7 +492,10 @@ def _container_monitor(req: ContainerRequest, fds: dict[str, int], prepared: Pre
                 *[arg for path in req.cgroup.paths for arg in ("--rmdir", str(path))],
                 *(["--unlink", req.sock_path] if req.sock_path else [])]
     os.set_inheritable(status_fd, True)
-    result = _pump_to_end(pump, _go_and_check_exec(sync), req.cgroup.oom_killed, handover)
+    exec_error = _go_and_check_exec(sync)
+    if prepared is not None:
+        prepared.release_slot()
+    result = _pump_to_end(pump, exec_error, req.cgroup.oom_killed, handover)
     write_file_atomic(req.exit_path, json.dumps(result.to_json()).encode(), durable=False)
     pump.finish(result)
     os.close(status_fd)  # EOF: the exit is recorded; the daemon can answer `wait` now

@@ -87,14 +87,16 @@ def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int) -> None:
     if os.fork() != 0:
         return
     code = 1
+    prepared: launch.Prepared | None = None
+    taken = False  # an idle monitor the daemon left (EOF) must not be replaced
     try:
         os.close(taken_r)
         launch.become_monitor()
         prepared = launch.prepare_container_child()
+        prepared.slot_fd = taken_w  # released once our workload runs (or we fail)
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-        os.write(taken_w, b"!")  # the zygote forks our replacement
-        os.close(taken_w)
         sock.close()
+        taken = bool(data)
         if not data:
             prepared.discard()  # the daemon is gone
             code = 0
@@ -102,4 +104,6 @@ def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int) -> None:
             request, names = pickle.loads(data)
             launch.run_monitor(request, dict(zip(names, fds, strict=True)), prepared)
     finally:
+        if prepared is not None and taken:
+            prepared.release_slot()  # whatever went wrong with the request, the pool must not shrink
         os._exit(code)
