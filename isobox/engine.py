@@ -579,6 +579,14 @@ class Engine:
 
         return archives.save(self.image_store, ref, Path(output), progress or self._silent).to_dict()
 
+    def import_disk(self, path: str, name: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """A foreign raw/qcow2 disk or ISO as a VM-only image named ``name``."""
+        from pathlib import Path
+
+        from isobox.images import diskimport
+
+        return diskimport.import_disk(self.image_store, Path(path), name, progress or self._silent).to_dict()
+
     def build_dockerfile(self, request: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         from isobox.images import dockerfile
 

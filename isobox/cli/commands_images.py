@@ -1,4 +1,4 @@
-"""The image verbs beyond ls/rm: build, load, save, inspect, history, tag, prune, and ``isobox build``.
+"""The image verbs beyond ls/rm: build, load, save, import-disk, inspect, history, tag, prune, and ``isobox build``.
 
 Long operations ask the daemon for a progress stream (``?stream=true``, JSON lines; see
 ``isobox/daemon/routes_images.py``).  On a terminal the progress is a rich status line (rich is
@@ -60,6 +60,16 @@ def image_load(args: argparse.Namespace, client: Client) -> int:
         names = image.get("RepoTags") or [image.get("Id", "")]
         for name in names:
             out(f"Loaded image: {name}")
+    return 0
+
+
+def image_import_disk(args: argparse.Namespace, client: Client) -> int:
+    path = os.path.abspath(args.file)
+    if not os.path.isfile(path):
+        raise InvalidArgument(f"{args.file}: no such file")
+    image = stream(client, "/images/import-disk", {"path": path, "name": args.name},
+                   f"Importing {os.path.basename(path)}", echo=not args.quiet)
+    out(str(image.get("Id", "")))
     return 0
 
 
@@ -163,5 +173,5 @@ def _lines(resp: Any) -> Any:
         yield json.loads(pending)
 
 
-__all__ = ["build", "image_build", "image_history", "image_inspect", "image_load",
+__all__ = ["build", "image_build", "image_history", "image_import_disk", "image_inspect", "image_load",
            "image_prune", "image_save", "image_tag"]

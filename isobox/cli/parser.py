@@ -153,6 +153,12 @@ def _image_load(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
 
 
+def _image_import_disk(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="raw or qcow2 disk image, or ISO")
+    p.add_argument("--name", required=True, help="NAME[:TAG] to register it under")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+
+
 def _image_save(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", help="OCI archive to write")
     p.add_argument("image", metavar="IMAGE")
@@ -225,6 +231,8 @@ IMAGE_VERBS: list[Verb] = [
     ("build", (), "image_build", "Build an image locally", _image_build, True),
     ("load", (), "image_load", "Load images from a docker save or OCI archive", _image_load, True),
     ("save", (), "image_save", "Save an image to an OCI archive", _image_save, True),
+    ("import-disk", (), "image_import_disk", "Register a raw/qcow2 disk or an ISO as a VM-only image",
+     _image_import_disk, True),
     ("inspect", (), "image_inspect", "Show images' details as JSON", _image_inspect, True),
     ("history", (), "image_history", "Show how an image was made", _image_history, True),
     ("tag", (), "image_tag", "Give an image another name", _image_tag, True),

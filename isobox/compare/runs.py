@@ -91,6 +91,7 @@ def execute(engine: Engine, image: str, command: list[str] | None, repetitions: 
         raise InvalidArgument(f"repetitions must be between 1 and {MAX_REPETITIONS}")
     command = list(command or DEFAULT_COMMAND)
     img = engine.image_store.resolve(image)
+    _refuse_disk(image, img.disk)
     to_run, unavailable = levels_to_measure(engine, levels)
     total = (1 + len(to_run)) * (2 * repetitions + 2)
     done = 0
@@ -139,7 +140,7 @@ class CompareRuns:
 
     def start(self, image: str, command: list[str] | None, repetitions: int = DEFAULT_REPETITIONS,
               levels: list[str] | None = None) -> dict[str, Any]:
-        self.engine.image_store.resolve(image)  # refuse an unknown image now, not in the thread
+        _refuse_disk(image, self.engine.image_store.resolve(image).disk)  # refuse now, not in the thread
         if not 1 <= repetitions <= MAX_REPETITIONS:
             raise InvalidArgument(f"repetitions must be between 1 and {MAX_REPETITIONS}")
         with self._lock:
@@ -189,3 +190,9 @@ class CompareRuns:
                 out.append({"id": path.stem, "status": "finished"})
         out.extend({"id": k, "status": v["status"]} for k, v in self._active.items() if v["status"] != "finished")
         return out
+
+
+def _refuse_disk(ref: str, disk: dict[str, Any] | None) -> None:
+    if disk:
+        raise InvalidArgument(f"image {ref} is a VM disk image: compare runs images with layers",
+                              hint="compare a container image, e.g. busybox")

@@ -1,4 +1,4 @@
-"""``/images``: list, inspect, history, tag, remove, prune, build, load, save, Dockerfile builds.
+"""``/images``: list, inspect, history, tag, remove, prune, build, load, save, import-disk, Dockerfile builds.
 
 Long operations (build, load, save, Dockerfile builds) answer with JSON when called plainly,
 and with a progress stream when called with ``?stream=true``: one JSON object per line,
@@ -46,6 +46,12 @@ class SaveRequest(BaseModel):
     path: str = Field(description="OCI archive to write on the daemon's host")
 
 
+class ImportDiskRequest(BaseModel):
+    model_config = STRICT
+    path: str = Field(description="raw or qcow2 disk image, or ISO, on the daemon's host")
+    name: str = Field(description="NAME[:TAG] to register it under")
+
+
 class TagRequest(BaseModel):
     model_config = STRICT
     target: str = Field(description="NAME[:TAG]")
@@ -83,6 +89,12 @@ def build_dockerfile(body: DockerfileBuildRequest, engine: EngineDep, stream: St
 @router.post("/load", status_code=201)
 def load_images(body: LoadRequest, engine: EngineDep, stream: Stream = False) -> Any:
     return _answer(lambda p: engine.load_images(body.path, p), stream)
+
+
+@router.post("/import-disk", status_code=201)
+def import_disk(body: ImportDiskRequest, engine: EngineDep, stream: Stream = False) -> Any:
+    """Register a foreign disk image or ISO as a VM-only image (copied or converted into the store)."""
+    return _answer(lambda p: engine.import_disk(body.path, body.name, p), stream)
 
 
 @router.post("/save")

@@ -81,6 +81,9 @@ def load(store: ImageStore, archive: Path, progress: Progress) -> list[Image]:
 def save(store: ImageStore, ref: str, out: Path, progress: Progress) -> Image:
     """Write ``ref`` as an OCI archive to ``out`` (tmp + rename: never a half file)."""
     image = store.resolve(ref)
+    if image.disk:
+        raise InvalidArgument(f"image {ref} is a VM disk image: image save writes container images only",
+                              hint=f"its disk is {store.disk_path(image)}")
     manifest_bytes = store.read_blob(image.manifest) if image.manifest else b""
     manifest = store.manifest(image)
     name = _save_name(ref, image)

@@ -285,6 +285,8 @@ class _Builder:
             base = self.store.resolve(ref)
         except NotFound as exc:
             raise NotFound(f"Dockerfile line {ins.line}: FROM {ref}: {exc.message}", hint=exc.hint) from None
+        if base.disk:
+            raise InvalidArgument(f"Dockerfile line {ins.line}: FROM {ref}: a VM disk image has no layers to build on")
         return _State(base=base, config=base.config, history=list(base.history), args=dict(state.args))
 
     def _meta(self, state: _State, ins: Instruction, config: ImageConfig) -> _State:

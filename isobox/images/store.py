@@ -5,7 +5,9 @@ Layout under the store root (``paths.images_dir()``)::
     oci-layout, index.json  the OCI image layout's marker and index (one manifest entry per tag,
                             annotated with org.opencontainers.image.ref.name; rewritten on change)
     blobs/sha256/<hex>      content-addressed blobs: manifests, configs, layer tars (as loaded:
-                            plain or gzip; isobox's own layers are plain tars)
+                            plain or gzip; isobox's own layers are plain tars), and the disk
+                            file of a VM-only image (``image import-disk``: qcow2 or ISO, listed
+                            as its manifest's only layer; the row has no layers and a ``disk``)
     layers/<hex>/           one unpacked layer, named by its diff_id (sha256 of the uncompressed
                             tar); overlayfs whiteouts (see ``layers.py``); used read-only as an
                             overlayfs lowerdir, shared between images
@@ -133,6 +135,7 @@ class Image:
     created: float
     manifest: str = ""        # "sha256:<hex>" of the manifest blob
     history: tuple[dict[str, Any], ...] = ()
+    disk: dict[str, Any] | None = field(default=None, hash=False)  # set for VM-only images (import-disk)
 
     @property
     def short_id(self) -> str:
@@ -165,6 +168,7 @@ class Image:
             "RootFS": {"Type": "layers", "Layers": ["sha256:" + h for h in self.layer_ids]},
             "History": list(self.history),
             "LayerDirs": [str(p) for p in self.layers],
+            **({"Disk": dict(self.disk)} if self.disk else {}),
         }
 
 
@@ -422,6 +426,55 @@ class ImageStore:
         progress(f"image {config_digest[7:19]}" + (f" tagged {', '.join(tags)}" if tags else "") + f", {_mib(size)}")
         return self._image(record)
 
+    def store_disk(self, staged_disk: Path, disk: dict[str, Any], name: str, progress: Progress) -> Image:
+        """Record a VM-only image whose content is one disk file made in a staging dir (see
+        ``diskimport.py``): the file becomes a blob named by its digest, the manifest's only entry,
+        and the row has no layers and a ``disk`` entry.  Renamed into place under the lock."""
+        tag = _tag_name(name)
+        progress("hashing the disk")
+        with open(staged_disk, "rb") as f:
+            disk_digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+            os.fsync(f.fileno())
+        disk = {**disk, "digest": disk_digest}
+        os.chmod(staged_disk, 0o600)
+        size = staged_disk.stat().st_size
+        labels = {"org.isobox.disk.kind": str(disk["kind"]), "org.isobox.disk.format": str(disk["stored_format"])}
+        history = [{"created": _now_iso(), "created_by": f"isobox image import-disk {disk.get('source', '')}".strip()}]
+        doc = {"created": EPOCH, "architecture": "amd64", "os": "unknown", "config": {"Labels": labels},
+               "rootfs": {"type": "layers", "diff_ids": []}, "history": history,
+               "isobox.disk": {k: disk[k] for k in ("kind", "format", "stored_format", "virtual_size", "digest")}}
+        config = _canonical(doc)
+        manifest = _canonical({
+            "schemaVersion": 2, "mediaType": MT_MANIFEST,
+            "config": {"mediaType": MT_CONFIG, "digest": _digest(config), "size": len(config)},
+            "layers": [{"mediaType": disk["media_type"], "digest": disk_digest, "size": size}],
+        })
+        config_digest, manifest_digest = _digest(config), _digest(manifest)
+        with self._locked():
+            for digest, data in ((config_digest, config), (manifest_digest, manifest)):
+                if not self.blob_path(digest).exists():
+                    _write_atomic(self.blob_path(digest), data, tmp_dir=self.tmp_dir)
+            target = self.blob_path(disk_digest)
+            if not target.exists():
+                os.rename(staged_disk, target)
+            _fsync_path(self.blobs_dir)
+            real = target.stat().st_blocks * 512
+            row = {**ImageConfig(labels=labels).to_json(), "layers": [], "manifest": manifest_digest,
+                   "history": history, "disk": disk}
+            self._insert(config_digest, row, real, [tag])
+            self._write_index()
+            record = self._state.find_image(config_digest)
+        if record is None:  # pragma: no cover - we hold the rows we just wrote
+            raise RuntimeFailure(f"image {config_digest} vanished right after it was stored")
+        progress(f"image {config_digest[7:19]} tagged {tag}, {_mib(real)}")
+        return self._image(record)
+
+    def disk_path(self, image: Image) -> Path:
+        """The stored disk file of a VM-only image."""
+        if not image.disk:
+            raise InvalidArgument(f"image {image.short_id} is not a VM disk image")
+        return self.blob_path(str(image.disk["digest"]))
+
     # -- internals ----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -567,6 +620,7 @@ class ImageStore:
             created=record.created_at,
             manifest=record.config.get("manifest", ""),
             history=tuple(record.config.get("history") or ()),
+            disk=record.config.get("disk") or None,
         )
 
     def _insert(self, image_id: str, row: dict[str, Any], size: int, tags: builtins.list[str]) -> None:

@@ -105,6 +105,8 @@ class ContainerRuntime:
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
         """Everything that can be refused before anything is made (create-time checks)."""
+        if image.disk:
+            raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
         check_mounts(spec)
         caps = capabilities.resolve(spec.security.cap_add, spec.security.cap_drop)
         compile_seccomp(spec.security, caps)

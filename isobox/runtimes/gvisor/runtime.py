@@ -53,6 +53,8 @@ class GvisorRuntime:
         return self._layout
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
+        if image.disk:
+            raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
         runsc.require()
         check_mounts(spec)
         if spec.init:

@@ -100,6 +100,9 @@ class VmRuntime:
     isolation = "vm"
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
+        if image.disk:
+            raise InvalidArgument(f"image {spec.image}: firmware boot of imported disks is not implemented yet",
+                                  hint="the VM level boots isobox's own kernel on images with layers for now")
         if shutil.which(qemu.QEMU) is None:
             raise InvalidArgument("the VM isolation level needs QEMU",
                                   hint="apt-get install qemu-system-x86 qemu-utils (or run scripts/setup.sh)")
