@@ -23,6 +23,13 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 
 
+def require(*tools: str) -> None:
+    """Fail, not skip, when a tool that scripts/setup.sh installs is missing: a broken set-up
+    must not pass as a green run with tests quietly left out."""
+    missing = [t for t in tools if shutil.which(t) is None and not Path(t).exists()]
+    assert not missing, f"missing {', '.join(missing)}: scripts/setup.sh installs it; run it"
+
+
 @dataclass
 class Isobox:
     base: Path

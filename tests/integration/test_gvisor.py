@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Isobox
+from tests.conftest import Isobox, require
 from tests.integration.helpers import assert_gone, container_ids, mounts_mentioning
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(shutil.which("runsc") is None, reason="runsc is not installed")]
+pytestmark = pytest.mark.root
+require("runsc")
 
 G = ("--isolation", "gvisor")
 

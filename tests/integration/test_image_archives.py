@@ -18,11 +18,10 @@ import pytest
 from isobox.images import ImageStore, archive
 from isobox.images.layers import BadArchive
 from isobox.state import StateStore
+from tests.conftest import require
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not Path("/bin/busybox").is_file(), reason="needs busybox-static"),
-]
+pytestmark = pytest.mark.root
+require("/bin/busybox")
 
 
 def quiet(_: str) -> None:

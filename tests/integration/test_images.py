@@ -17,14 +17,13 @@ from isobox.errors import Conflict, InvalidArgument, NotFound
 from isobox.images import ImageStore
 from isobox.images.store import disk_usage
 from isobox.state import StateStore
+from tests.conftest import require
 
 BUSYBOX = Path("/bin/busybox")
 _REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not BUSYBOX.is_file(), reason="needs /bin/busybox (apt-get install busybox-static)"),
-]
+pytestmark = pytest.mark.root
+require(str(BUSYBOX))
 
 
 class Interrupted(Exception):

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Isobox
+from tests.conftest import Isobox, require
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (qemu-utils)")]
+pytestmark = pytest.mark.root
+require("qemu-img")
 
 MIB = 1 << 20
 

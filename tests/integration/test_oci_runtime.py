@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
+
 VENV_BIN = Path(sys.executable).parent
 RUNTIME = str(VENV_BIN / "isobox-runtime")
 BUSYBOX = "/bin/busybox"
@@ -29,8 +31,8 @@ CGROUP_PARENT = "isobox-oci-test"
 pytestmark = [
     pytest.mark.root,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(not os.path.exists(BUSYBOX), reason="needs busybox-static"),
 ]
+require(BUSYBOX, "runc", "podman")
 
 CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 BASE_CONFIG: dict[str, Any] = {
@@ -447,7 +449,6 @@ SIDE_BY_SIDE = {
 }
 
 
-@pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc")
 @pytest.mark.parametrize("name", sorted(SIDE_BY_SIDE))
 def test_same_result_as_runc(bundles: Bundles, name: str) -> None:
     hostns = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("net", "pid", "uts", "ipc", "mnt", "cgroup")}
@@ -484,8 +485,6 @@ def _normalise_mounts(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def podman(bundles: Bundles) -> Iterator[list[str]]:
-    if shutil.which("podman") is None:
-        pytest.skip("needs podman")
     base = bundles.base / "podman"
     cmd = ["podman", "--root", str(base / "root"), "--runroot", str(base / "run"), "--cgroup-manager", "cgroupfs",
            "--events-backend", "file", "--runtime", RUNTIME]

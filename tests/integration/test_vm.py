@@ -7,20 +7,17 @@ first test pays for it.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from isobox import sysinfo
-from tests.conftest import Isobox
+from tests.conftest import Isobox, require
 from tests.integration.helpers import processes_under
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs QEMU"),
-]
+pytestmark = pytest.mark.root
+require("qemu-system-x86_64", "qemu-img")
 
 
 def _inspect(box: Isobox, ref: str) -> dict:

@@ -47,10 +47,7 @@ def roots(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def api(roots: Path) -> Iterator[TestClient]:
     from isobox.engine import Engine
 
-    try:
-        engine = Engine()
-    except NotImplementedError:
-        pytest.skip("needs the engine (isobox.engine.Engine is not implemented yet)")
+    engine = Engine()
     with TestClient(create_app(engine)) as client:  # runs the lifespan: bind_loop, recover, close
         yield client
 

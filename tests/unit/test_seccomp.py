@@ -22,11 +22,6 @@ from isobox.runtimes.container import seccomp
 from isobox.runtimes.container import seccomp_profile as sp
 from isobox.runtimes.container.caps import CAPS, DEFAULT_CAPS
 
-try:
-    seccomp.native_arch()
-except Exception:  # noqa: BLE001 - libseccomp missing: nothing here can run
-    pytest.skip("libseccomp is not available", allow_module_level=True)
-
 NATIVE = seccomp.native_arch()
 x86_64_only = pytest.mark.skipif(NATIVE != "x86_64", reason="numbers and sub-architectures of x86_64")
 
