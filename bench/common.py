@@ -270,15 +270,9 @@ def bench_dir(prefix: str = "ibx-bench") -> Iterator[Path]:
 
 def unmount_under(base: Path) -> None:
     """Detach anything a failed run left mounted below ``base`` (deepest first)."""
-    prefix = str(base).rstrip("/") + "/"
-    points = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                points.append(point)
-    for point in sorted(set(points), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    from isobox.runtimes.container.syscalls import detach_mounts_under
+
+    detach_mounts_under(str(base))
 
 
 def isobox_env(base: Path, cgroup_parent: str) -> dict[str, str]:

@@ -257,6 +257,8 @@ class Engine:
             raise InvalidArgument(f"network {spec.network!r} is not available yet",
                                   hint="only --network none is supported until networking lands")
         image = self._image(spec.image)
+        if image.disk and spec.isolation != Isolation.VM:
+            raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
         runtime.validate(spec, image)
         container_id = secrets.token_hex(32)
         rec = ContainerRecord(id=container_id, name=spec.name or names.generate(), image_id=image.id,

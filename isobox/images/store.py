@@ -43,7 +43,7 @@ from typing import Any
 
 from isobox import paths
 from isobox.errors import Conflict, InvalidArgument, NotFound, RuntimeFailure
-from isobox.images import refs
+from isobox.images import layers, refs
 from isobox.state import ImageRecord, StateStore
 
 Progress = Callable[[str], None]
@@ -757,27 +757,12 @@ def disk_usage(root: Path) -> int:
 
 
 def _walk(root: Path, include_root: bool = True) -> Iterator[tuple[str, os.stat_result, str]]:
-    """(relative path, lstat, full path) of every entry, in sorted order, never following symlinks."""
-    base = str(root)
+    """layers.walk, with the root named "." (tree digests are keyed on that name)."""
+    entries = layers.walk(root)
+    rel, st, full = next(entries)
     if include_root:
-        yield ".", os.lstat(base), base
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        full_dir = os.path.join(base, rel_dir) if rel_dir else base
-        children = []
-        with os.scandir(full_dir) as it:
-            for entry in it:
-                children.append(entry.name)
-        subdirs = []
-        for name in sorted(children):
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            full = os.path.join(base, rel)
-            st = os.lstat(full)
-            yield rel, st, full
-            if stat.S_ISDIR(st.st_mode):
-                subdirs.append(rel)
-        stack.extend(reversed(subdirs))
+        yield ".", st, full
+    yield from entries
 
 
 def _file_sha256(path: str) -> str:

@@ -94,19 +94,12 @@ def check_mounts(spec: WorkloadSpec) -> None:
 class ContainerRuntime:
     isolation = "container"
 
-    def __init__(self) -> None:
-        self._layout: cgroups.Layout | None = None
-
     @property
     def layout(self) -> cgroups.Layout:
-        if self._layout is None:
-            self._layout = cgroups.host_layout()
-        return self._layout
+        return cgroups.host_layout()  # detected once per process, on first use
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
         """Everything that can be refused before anything is made (create-time checks)."""
-        if image.disk:
-            raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
         check_mounts(spec)
         caps = capabilities.resolve(spec.security.cap_add, spec.security.cap_drop)
         compile_seccomp(spec.security, caps)

@@ -7,6 +7,7 @@ a failing call raises ``OSError`` with its errno, so callers can explain known e
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -169,6 +170,23 @@ def mkdir_in_root(root_fd: int, path: str, mode: int = 0o755, as_file: bool = Fa
             return fd
         os.close(fd)
     return open_in_root(root_fd, ".")
+
+
+def detach_mounts_under(root: str) -> None:
+    """Lazily detach every mount below ``root``, deepest first (cleanup after a failure)."""
+    prefix = root.rstrip("/") + "/"
+    points = set()
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                point = line.split()[4].replace("\\040", " ")
+                if point.startswith(prefix):
+                    points.add(point)
+    except OSError:
+        return
+    for point in sorted(points, key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            umount2(point, MNT_DETACH)
 
 
 def fd_path(fd: int) -> str:

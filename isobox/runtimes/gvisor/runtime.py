@@ -43,18 +43,11 @@ KERNEL = "gVisor Sentry (a Linux-compatible kernel in user space)"
 class GvisorRuntime:
     isolation = "gvisor"
 
-    def __init__(self) -> None:
-        self._layout: cgroups.Layout | None = None
-
     @property
     def layout(self) -> cgroups.Layout:
-        if self._layout is None:
-            self._layout = cgroups.host_layout()
-        return self._layout
+        return cgroups.host_layout()  # detected once per process, on first use
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
-        if image.disk:
-            raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
         runsc.require()
         check_mounts(spec)
         if spec.init:

@@ -30,6 +30,7 @@ from isobox import attach
 from isobox.attach import Frame
 from isobox.errors import RuntimeFailure
 from isobox.logs import LogWriter
+from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus, Pump, write_file_atomic
 
 CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
@@ -223,15 +224,7 @@ def _wait_ready(qemu: subprocess.Popen[bytes], console_sock: socket.socket, cons
 
 def unmount_under(root: str) -> None:
     """Detach every mount below ``root`` (read-only volume stages), deepest first."""
-    prefix = root.rstrip("/") + "/"
-    points = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = line.split()[4].replace("\\040", " ")
-            if point.startswith(prefix):
-                points.append(point)
-    for point in sorted(set(points), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+    sc.detach_mounts_under(root)
 
 
 def _start_volumes(cfg: MonitorConfig) -> list[subprocess.Popen[bytes]]:
