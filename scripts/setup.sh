@@ -15,7 +15,9 @@ DEBIAN_PACKAGES=(
     busybox-static                             # the busybox image
     mmdebstrap                                 # debian:bookworm/trixie images (image build debian:...)
     e2fsprogs erofs-utils                      # VM root disks (images and VM issues)
-    qemu-system-x86 qemu-utils ovmf            # the VM isolation level
+    qemu-system-x86 qemu-utils ovmf            # the VM isolation level (ovmf: --firmware uefi)
+    syslinux syslinux-common syslinux-efi      # image build debian:SUITE --bootable: BIOS and UEFI loaders,
+    mtools dosfstools fdisk                    #   its FAT boot partition and its MBR, made without mounting
     runc runsc podman catatonit uidmap         # peers (benchmarks, interop) and the gVisor level
     procps psmisc util-linux iproute2          # ps/pkill/nsenter/ip used by tests
 )

@@ -23,9 +23,10 @@ from isobox.errors import ERRORS_BY_KIND, InvalidArgument, IsoboxError
 
 def image_build(args: argparse.Namespace, client: Client) -> int:
     include = [p for item in args.include for p in item.split(",") if p]
-    body = {"kind": args.kind, "tag": args.tag, "include": include}
-    image = stream(client, "/images/build", body, f"Building the {args.kind} image")
-    _built(image, args.kind)
+    body = {"kind": args.kind, "tag": args.tag, "include": include, "bootable": args.bootable}
+    what = f"{args.kind} bootable disk" if args.bootable else args.kind
+    image = stream(client, "/images/build", body, f"Building the {what} image")
+    _built(image, what)
     return 0
 
 

@@ -77,8 +77,9 @@ def list_images(engine: EngineDep) -> list[dict[str, Any]]:
 
 @router.post("/build", status_code=201)
 def build_image(body: BuildImageRequest, engine: EngineDep, stream: Stream = False) -> Any:
-    """Build an image locally: ``{"kind": "busybox"}`` or ``{"kind": "debian:bookworm", "include": [...]}``."""
-    return _answer(lambda p: engine.build_image(body.kind, body.tag, body.include, p), stream)
+    """Build an image locally: ``{"kind": "busybox"}`` or ``{"kind": "debian:bookworm", "include": [...]}``;
+    ``"bootable": true`` makes a Debian system disk that VMs boot by firmware (a VM-only image)."""
+    return _answer(lambda p: engine.build_image(body.kind, body.tag, body.include, p, bootable=body.bootable), stream)
 
 
 @router.post("/build/dockerfile", status_code=201)

@@ -18,7 +18,7 @@ async def copy_files(ref: str, request: Request, engine: EngineDep) -> dict[str,
     "host_path": str, "guest_path": str}``; the daemon (root, same host) opens the host path."""
     from starlette.concurrency import run_in_threadpool
 
-    from isobox.runtimes.vm import files
+    from isobox.runtimes.vm import files, specdisk
     from isobox.runtimes.vm.runtime import run_dir
 
     body = await request.json()
@@ -30,10 +30,11 @@ async def copy_files(ref: str, request: Request, engine: EngineDep) -> dict[str,
         raise InvalidArgument("cp is implemented for --isolation vm workloads only")
     if rec.state != "running":
         raise Conflict(f"container {rec.name} is not running")
+    root = "" if rec.applied.get("Firmware") else specdisk.ROOT  # a firmware-booted OS: the agent's / is the guest's
     if body.get("to_guest"):
-        size = await run_in_threadpool(files.copy_to_guest, run_dir(rec.id), body["host_path"], body["guest_path"])
+        size = await run_in_threadpool(files.copy_to_guest, run_dir(rec.id), body["host_path"], body["guest_path"], root)
     else:
-        size = await run_in_threadpool(files.copy_from_guest, run_dir(rec.id), body["guest_path"], body["host_path"])
+        size = await run_in_threadpool(files.copy_from_guest, run_dir(rec.id), body["guest_path"], body["host_path"], root)
     return {"Size": size}
 
 

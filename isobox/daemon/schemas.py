@@ -44,6 +44,7 @@ class BuildImageRequest(BaseModel):
     kind: str = Field(description="image builder: busybox, debian:bookworm, debian:trixie")
     tag: str | None = None
     include: list[str] = Field(default_factory=list, description="extra Debian packages (debian images)")
+    bootable: bool = Field(False, description="debian: a whole system on a firmware-bootable disk (a VM-only image)")
 
 
 def model_from_dataclass(cls: type[Any], name: str) -> type[BaseModel]:

@@ -426,10 +426,12 @@ class ImageStore:
         progress(f"image {config_digest[7:19]}" + (f" tagged {', '.join(tags)}" if tags else "") + f", {_mib(size)}")
         return self._image(record)
 
-    def store_disk(self, staged_disk: Path, disk: dict[str, Any], name: str, progress: Progress) -> Image:
+    def store_disk(self, staged_disk: Path, disk: dict[str, Any], name: str, progress: Progress,
+                   labels: dict[str, str] | None = None, created_by: str | None = None) -> Image:
         """Record a VM-only image whose content is one disk file made in a staging dir (see
-        ``diskimport.py``): the file becomes a blob named by its digest, the manifest's only entry,
-        and the row has no layers and a ``disk`` entry.  Renamed into place under the lock."""
+        ``diskimport.py``, ``bootdisk.py``): the file becomes a blob named by its digest, the
+        manifest's only entry, and the row has no layers and a ``disk`` entry.  Renamed into place
+        under the lock.  ``labels`` add to the disk's own; ``created_by`` is its history line."""
         tag = _tag_name(name)
         progress("hashing the disk")
         with open(staged_disk, "rb") as f:
@@ -438,8 +440,10 @@ class ImageStore:
         disk = {**disk, "digest": disk_digest}
         os.chmod(staged_disk, 0o600)
         size = staged_disk.stat().st_size
-        labels = {"org.isobox.disk.kind": str(disk["kind"]), "org.isobox.disk.format": str(disk["stored_format"])}
-        history = [{"created": _now_iso(), "created_by": f"isobox image import-disk {disk.get('source', '')}".strip()}]
+        labels = {**(labels or {}), "org.isobox.disk.kind": str(disk["kind"]),
+                  "org.isobox.disk.format": str(disk["stored_format"])}
+        created_by = created_by or f"isobox image import-disk {disk.get('source', '')}".strip()
+        history = [{"created": _now_iso(), "created_by": created_by}]
         doc = {"created": EPOCH, "architecture": "amd64", "os": "unknown", "config": {"Labels": labels},
                "rootfs": {"type": "layers", "diff_ids": []}, "history": history,
                "isobox.disk": {k: disk[k] for k in ("kind", "format", "stored_format", "virtual_size", "digest")}}

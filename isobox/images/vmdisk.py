@@ -88,10 +88,16 @@ def ensure_base(image: Image) -> Path:
     return path
 
 
-def create_overlay(base: Path, overlay: Path) -> None:
+def create_overlay(base: Path, overlay: Path, backing_format: str = "raw") -> None:
     """A qcow2 whose backing file is the base: the VM's writable root disk."""
     overlay.unlink(missing_ok=True)
-    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(overlay)])
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay)])
+
+
+def create_blank(disk: Path, size: str) -> None:
+    """An empty qcow2 of ``size`` (qemu-img's syntax, e.g. ``16G``): allocated as it is written."""
+    disk.unlink(missing_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), size])
 
 
 def remove_bases() -> None:

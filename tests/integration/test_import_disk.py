@@ -99,18 +99,6 @@ def test_import_iso(isobox: Isobox, tmp_path: Path) -> None:
     assert not stored.exists()
 
 
-def test_vm_level_refuses_firmware_boot(isobox: Isobox, tmp_path: Path) -> None:
-    disk = qemu_img_create(tmp_path / "vm.qcow2", "qcow2")
-    isobox.cli("image", "import-disk", str(disk), "--name", "localhost/vmonly:1", check=True)
-    try:
-        done = isobox.cli("create", "--isolation", "vm", "localhost/vmonly:1", "true")
-        assert done.returncode == 125
-        assert "firmware boot of imported disks is not implemented yet" in done.stderr \
-            or "not available" in done.stderr
-    finally:
-        isobox.cli("image", "rm", "-f", "localhost/vmonly:1", check=True)
-
-
 def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     corrupt = qemu_img_create(tmp_path / "corrupt.qcow2", "qcow2")
     with open(corrupt, "r+b") as f:  # keep the magic, break the header: cluster_bits at offset 20

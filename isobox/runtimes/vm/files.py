@@ -1,6 +1,7 @@
 """``isobox cp`` for VMs: one regular file each way through the guest agent's file commands.
 
-The agent runs in the initramfs; the image's root is mounted at ``/newroot`` there.
+In an isobox microVM the agent runs in the initramfs and the image's root is mounted at
+``/newroot`` there; in a firmware-booted OS (``root=""``) the agent's ``/`` is the guest's.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from isobox.runtimes.vm import agent, specdisk
 CHUNK = agent.CHUNK
 
 
-def guest_path(path: str) -> str:
+def guest_path(path: str, root: str = specdisk.ROOT) -> str:
     if not path.startswith("/"):
         raise InvalidArgument(f"the path in the VM must be absolute: {path}")
     norm = posixpath.normpath(path)
-    return specdisk.ROOT + norm
+    return root + norm
 
 
 def _chunks(path: str) -> Iterator[bytes]:
@@ -29,10 +30,10 @@ def _chunks(path: str) -> Iterator[bytes]:
             yield data
 
 
-def copy_to_guest(run_dir: Path, host: str, guest: str) -> int:
+def copy_to_guest(run_dir: Path, host: str, guest: str, root: str = specdisk.ROOT) -> int:
     if not os.path.isfile(host):
         raise InvalidArgument(f"only regular files can be copied into a VM: {host}")
-    target = guest_path(guest)
+    target = guest_path(guest, root)
     with agent.connected(run_dir) as ga:
         if guest.endswith("/"):
             target = posixpath.join(target, os.path.basename(host))
@@ -40,13 +41,13 @@ def copy_to_guest(run_dir: Path, host: str, guest: str) -> int:
     return os.path.getsize(host)
 
 
-def copy_from_guest(run_dir: Path, guest: str, host: str) -> int:
+def copy_from_guest(run_dir: Path, guest: str, host: str, root: str = specdisk.ROOT) -> int:
     if os.path.isdir(host):
         host = os.path.join(host, posixpath.basename(guest.rstrip("/")))
     tmp = f"{host}.isobox-tmp"
     size = 0
     with agent.connected(run_dir) as ga, open(tmp, "wb") as fh:
-        for chunk in ga.read_file(guest_path(guest)):
+        for chunk in ga.read_file(guest_path(guest, root)):
             fh.write(chunk)
             size += len(chunk)
     os.rename(tmp, host)

@@ -8,6 +8,11 @@ does it report ``{"pid": QEMU's pid, ...}`` on the status fd — or an error car
 console lines, when QEMU dies, the kernel panics or the mark does not come in time.  After
 that it is the container monitor's ``Pump`` (log, attach clients), extended for the console and
 the exit port, and it writes the guest workload's exit code to the exit file.
+
+A firmware-booted OS (``firmware``: a disk image, see ``firmware.py``) has no isobox init: the
+VM counts as started once QEMU has built the machine (its QMP greeting), the serial console is
+the workload's output (the log, attached clients) and input, SIGTERM/SIGINT press the ACPI power
+button (QMP ``system_powerdown``), and the exit code is QEMU's (0 when the guest powers off).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
 READY_MARK = b"isobox-init: workload"
 ATTACH_TIMEOUT = 60.0
 CONSOLE_TAIL = 20
+POWER_BUTTON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGPWR)  # firmware boots: ACPI powerdown
+QMP_TIMEOUT = 10.0
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common (QEMU 7.2's C virtiofsd)
 
 
@@ -50,6 +57,7 @@ class MonitorConfig:
     wait_attach: bool
     boot_timeout: float
     volumes: list[tuple[str, bool]] = field(default_factory=list)  # (host dir, read-only)
+    firmware: bool = False  # a firmware-booted OS: no isobox init, the console is the output
 
     def sock(self, name: str) -> str:
         return os.path.join(self.run_dir, f"{name}.sock")
@@ -112,11 +120,17 @@ class VmPump(Pump):
     """Pump plus the console (to console.log) and the exit port; signals go into the guest."""
 
     def __init__(self, qemu_pid: int, listener: socket.socket, ports: dict[str, socket.socket],
-                 console: Console, log: LogWriter, stdin: bool) -> None:
-        outputs = {ports["stdout"].fileno(): 1, ports["stderr"].fileno(): 2,
-                   ports["console"].fileno(): CONSOLE, ports["exit"].fileno(): EXIT}
-        stdin_fd = ports["stdin"].fileno() if stdin else None
+                 console: Console, log: LogWriter, stdin: bool, firmware: bool = False) -> None:
+        if firmware:  # the serial console is the workload's output and its input
+            outputs = {ports["console"].fileno(): CONSOLE}
+            stdin_fd = ports["console"].fileno() if stdin else None
+        else:
+            outputs = {ports["stdout"].fileno(): 1, ports["stderr"].fileno(): 2,
+                       ports["console"].fileno(): CONSOLE, ports["exit"].fileno(): EXIT}
+            stdin_fd = ports["stdin"].fileno() if stdin else None
         super().__init__(qemu_pid, listener, outputs, stdin_fd, None, log)
+        self.firmware = firmware
+        self.qmp_path = os.path.join(os.path.dirname(listener.getsockname()), "qmp.sock")
         self.ports = ports
         self.console = console
         self.exit_line = b""
@@ -166,10 +180,22 @@ class VmPump(Pump):
                     self.sel.unregister(client)
                     del self.console_clients[client.fileno()]
                     client.close()
+            if self.firmware:
+                if self.log is not None:
+                    self.log.write(1, data)
+                self.broadcast(attach.encode(Frame.STDOUT, data))
         else:
             self.exit_line += data
 
     def _on_frame(self, kind: Frame, payload: bytes) -> None:
+        if self.firmware and kind == Frame.STDIN_EOF:
+            self.stdin_fd = None  # the console stays open for `isobox console`
+            return
+        if self.firmware and kind == Frame.SIGNAL:
+            with contextlib.suppress(ValueError):
+                if int(payload) in POWER_BUTTON_SIGNALS:
+                    system_powerdown(self.qmp_path)
+            return
         if kind == Frame.STDIN_EOF and self.stdin_fd is not None:
             # Half-close: QEMU reads (and passes on) what is buffered before it sees EOF, even
             # when the guest opens its stdin port only later; a close could drop that data.
@@ -220,6 +246,42 @@ def _wait_ready(qemu: subprocess.Popen[bytes], console_sock: socket.socket, cons
     finally:
         sel.close()
         os.close(pidfd)
+
+
+def system_powerdown(qmp_path: str) -> None:
+    """Press the ACPI power button; the guest OS decides what to do (a stop kills after its timeout).
+    Bounded as a whole (the pump waits meanwhile): QMP takes one client at a time, and a snapshot
+    may hold it."""
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    async def press() -> None:
+        qmp = QMPClient("isobox-monitor")
+        await qmp.connect(qmp_path)
+        try:
+            await qmp.execute("system_powerdown")
+        finally:
+            await qmp.disconnect()
+
+    with contextlib.suppress(Exception):  # qemu.qmp raises its own tree; QEMU may be on its way out
+        asyncio.run(asyncio.wait_for(press(), QMP_TIMEOUT))
+
+
+def _wait_machine(qmp_path: str, qemu: subprocess.Popen[bytes], deadline: float) -> None:
+    """Wait for QMP's greeting: QEMU sends it from its main loop, so the machine (firmware,
+    disks, devices) has been built.  A raw read, so that the boot deadline bounds it."""
+    sock = _connect(qmp_path, qemu, deadline)
+    with sock:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            greeting = sock.recv(4096)
+        except TimeoutError:
+            raise BootFailure("QEMU did not start the machine in time") from None
+        except OSError:
+            greeting = b""
+    if b'"QMP"' not in greeting:
+        raise BootFailure("QEMU stopped while building the machine")
 
 
 def unmount_under(root: str) -> None:
@@ -287,9 +349,13 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
     ports: dict[str, socket.socket] = {}
     try:
         deadline = time.monotonic() + cfg.boot_timeout
-        for name in ("console", "stdin", "stdout", "stderr", "exit", "signal"):
+        names = ("console",) if cfg.firmware else ("console", "stdin", "stdout", "stderr", "exit", "signal")
+        for name in names:
             ports[name] = _connect(cfg.sock(name), qemu, time.monotonic() + 10)
-        _wait_ready(qemu, ports["console"], console, deadline)
+        if cfg.firmware:
+            _wait_machine(cfg.sock("qmp"), qemu, deadline)
+        else:
+            _wait_ready(qemu, ports["console"], console, deadline)
     except BootFailure as exc:
         _stop_qemu(qemu)
         _stop_volumes(cfg, virtiofsd)
@@ -302,7 +368,7 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
     os.write(status_fd, json.dumps({"pid": qemu.pid, "start": _process_start(qemu.pid), "monitor": me,
                                     "monitor_start": _process_start(me)}).encode() + b"\n")
     log_fd = os.open(cfg.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    pump = VmPump(qemu.pid, listener, ports, console, LogWriter(log_fd), stdin=True)
+    pump = VmPump(qemu.pid, listener, ports, console, LogWriter(log_fd), stdin=True, firmware=cfg.firmware)
     if cfg.wait_attach:
         pump.wait_first_client(ATTACH_TIMEOUT)
     status = pump.run()
@@ -312,6 +378,10 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
     if code is None:
         if os.WIFSIGNALED(status):
             code = 128 + os.WTERMSIG(status)
+        elif cfg.firmware:  # QEMU's own status: 0 when the guest powered off
+            code = os.WEXITSTATUS(status)
+            if code:
+                error = "QEMU failed: " + Path(cfg.run_dir, "qemu.log").read_text(errors="replace").strip()[-500:]
         else:
             code = 255
             error = "the VM stopped without reporting the workload's exit; last console lines:\n" + console.tail()
