@@ -1,6 +1,6 @@
 """Idle container density: host memory per container, over N idle busybox containers.
 
-Starts a private ``isoboxd``, runs ``--count`` containers ``isobox run -d busybox sleep 100000``
+Starts a private ``isoboxd``, runs ``--count`` containers ``isobox run -d --network none busybox sleep 100000``
 one after the other, then measures the proportional set size (PSS, /proc/PID/smaps_rollup) of
 everything isobox added:
 
@@ -112,9 +112,9 @@ def run(base: Path, count: int) -> dict[str, Any]:
         ids: list[str] = []
         created = time.monotonic()
         last_report = created
-        print(f"starting {count} idle containers (isobox run -d busybox sleep 100000) ...", file=sys.stderr)
+        print(f"starting {count} idle containers (isobox run -d --network none busybox sleep 100000) ...", file=sys.stderr)
         for i in range(count):
-            res = daemon.cli("run", "-d", "busybox", "sleep", "100000", check=False)
+            res = daemon.cli("run", "-d", "--network", "none", "busybox", "sleep", "100000", check=False)
             if res.returncode != 0:
                 raise RuntimeError(f"container {i + 1} failed to start (exit {res.returncode}): "
                                    f"{res.stderr.strip()[:500]}")

@@ -55,7 +55,7 @@ from common import (
 ROWS = ("engine", "cli", "runc", "podman", "unshare")
 DESCRIPTIONS = {
     "engine": "Engine.run + await wait (in-process)",
-    "cli": "isobox run --rm busybox true",
+    "cli": "isobox run --rm --network none busybox true",
     "runc": "runc run (bundle, cp -a rootfs)",
     "podman": "podman --runtime runc run --rm --rootfs",
     "unshare": "unshare -fmuipn --mount-proc true",
@@ -108,7 +108,8 @@ class EngineRow:
         if self.engine.loop is not loop:
             self.engine.bind_loop(loop)
         start = time.perf_counter()
-        info = self.engine.run(self.spec_type(image="busybox", command=["/bin/true"]))
+        # no network, as runc and podman (--network none) here; bench/network.py measures what one adds
+        info = self.engine.run(self.spec_type(image="busybox", command=["/bin/true"], network="none"))
         result = await self.engine.wait(info.id)
         elapsed = time.perf_counter() - start
         self.engine.remove(info.id)
@@ -257,7 +258,7 @@ async def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
                 d_layer = busybox_layer(Path(daemon.env["ISOBOX_ROOT"]))
                 if d_layer.name != engine.layer.name:
                     problems.append(f"daemon's busybox layer {d_layer.name[:12]} differs from the engine's")
-                cli_argv = [str(VENV_BIN / "isobox"), "run", "--rm", "busybox", "true"]
+                cli_argv = [str(VENV_BIN / "isobox"), "run", "--rm", "--network", "none", "busybox", "true"]
 
                 async def cli_once() -> None:
                     run_quiet(cli_argv, env=daemon.env)

@@ -7,9 +7,14 @@ from process start to process exit.  Then one VM is left running to measure the 
 overhead: QEMU's RSS minus the guest RAM mapping's RSS minus TCG's translation cache (capped
 with ``tb-size``), from /proc/PID/smaps.
 
-    python bench/vm_boot.py [--runs N]
+For context (no bar, no peer): the firmware boot of a full OS, ``isobox run -d --isolation vm
+debian:bookworm-bootable`` (built first: ``image build debian:bookworm --bootable``) timed from
+the command's start to ``login:`` on the serial console (console.log, polled every 20 ms).
 
-Table, then one JSON line: {"accel", "isobox_p50_s", "bare_qemu_p50_s", "ratio", "vmm_overhead_mib", ...}.
+    python bench/vm_boot.py [--runs N] [--firmware-runs N (0: skip)]
+
+Table, then one JSON line: {"accel", "isobox_p50_s", "bare_qemu_p50_s", "ratio", "vmm_overhead_mib", ...,
+"firmware_boot_p50_s"}.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     MIB,
+    Daemon,
     Summary,
     bench_dir,
     fmt,
@@ -38,6 +44,8 @@ from bench.common import (  # noqa: E402
 from isobox.runtimes.vm import guest, qemu  # noqa: E402
 
 BARE_INIT = b"#!/bin/sh\n/bin/busybox true\n/bin/busybox poweroff -f\n"
+BOOTABLE = "debian:bookworm-bootable"
+LOGIN_TIMEOUT = 600.0
 
 
 def bare_initramfs(base: Path, initramfs: Path) -> Path:
@@ -68,6 +76,27 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     return elapsed
 
 
+def firmware_boot_to_login(daemon: Daemon) -> float:
+    """Seconds from ``isobox run -d`` of the bootable Debian disk to ``login:`` on its console."""
+    start = time.perf_counter()
+    cid = daemon.cli("run", "-d", "--network", "none", "--isolation", "vm", BOOTABLE, timeout=300).stdout.split()[-1]
+    try:
+        console = Path(json.loads(daemon.cli("inspect", cid).stdout)[0]["Applied"]["ConsoleLog"])
+        seen = b""
+        with open(console, "rb") as fh:
+            while b"login:" not in seen[-4096:]:
+                if time.perf_counter() - start > LOGIN_TIMEOUT:
+                    raise RuntimeError(f"no login prompt after {LOGIN_TIMEOUT:.0f} s: {seen[-500:]!r}")
+                chunk = fh.read()
+                if chunk:
+                    seen += chunk
+                else:
+                    time.sleep(0.02)
+        return time.perf_counter() - start
+    finally:
+        daemon.cli("rm", "-f", cid, timeout=120)
+
+
 def smaps_breakdown(pid: int, guest_mib: int, tb_mib: int) -> dict[str, float]:
     """RSS split into guest RAM, translation cache and the rest (MiB); the rest also as its
     anonymous part (what each VM costs privately: not the QEMU binary, libraries or the
@@ -96,12 +125,14 @@ def smaps_breakdown(pid: int, guest_mib: int, tb_mib: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--firmware-runs", type=int, default=3, help="full-OS firmware boots (0: skip)")
     args = parser.parse_args()
     sigterm_as_interrupt()
     print_facts("VM boot to workload")
     with bench_dir("ibx-vm") as base, private_daemon(base) as daemon:
-        daemon.cli("run", "--rm", "--isolation", "vm", "busybox", "true", timeout=600)  # warm caches, base disk
-        cid = daemon.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "1000",
+        # --network none throughout: the bare QEMU has no NIC (bench/network.py measures one)
+        daemon.cli("run", "--rm", "--network", "none", "--isolation", "vm", "busybox", "true", timeout=600)
+        cid = daemon.cli("run", "-d", "--network", "none", "--isolation", "vm", "busybox", "sleep", "1000",
                          timeout=600).stdout.split()[-1]
         info = json.loads(daemon.cli("inspect", cid).stdout)[0]["Applied"]
         accel = info["Accelerator"]
@@ -113,14 +144,27 @@ def main() -> int:
         argv = bare_argv(shlex.split(cmdline), bare_initramfs(base, Path(info["Initramfs"])))
         isobox_times, bare_times = [], []
         for _ in range(args.runs):
-            isobox_times.append(timed([str(Path(sys.executable).parent / "isobox"), "run", "--rm",
-                                       "--isolation", "vm", "busybox", "true"], daemon.env))
+            isobox_times.append(timed([str(Path(sys.executable).parent / "isobox"), "run", "--rm", "--network",
+                                       "none", "--isolation", "vm", "busybox", "true"], daemon.env))
             bare_times.append(timed(argv))
-    iso, bare = Summary.of(isobox_times), Summary.of(bare_times)
+        firmware_times: list[float] = []
+        build_s = float("nan")
+        if args.firmware_runs > 0:
+            started = time.perf_counter()
+            daemon.cli("image", "build", "debian:bookworm", "--bootable", timeout=1800)
+            build_s = time.perf_counter() - started
+            firmware_times = [firmware_boot_to_login(daemon) for _ in range(args.firmware_runs)]
+    iso, bare, fw = Summary.of(isobox_times), Summary.of(bare_times), Summary.of(firmware_times)
     print(table(["", "runs", "p50 s", "p90 s", "min s"],
                 [["isobox run --rm --isolation vm busybox true", iso.n, fmt(iso.p50, 2), fmt(iso.p90, 2), fmt(iso.min, 2)],
                  ["bare qemu-system-x86_64 (same kernel+initramfs, init=true)", bare.n, fmt(bare.p50, 2),
                   fmt(bare.p90, 2), fmt(bare.min, 2)]]))
+    if fw.n:
+        print()
+        print(table(["for context: a full OS by firmware", "runs", "p50 s", "p90 s", "min s"],
+                    [[f"isobox run -d --isolation vm {BOOTABLE} -> login: (SeaBIOS, q35)", fw.n, fmt(fw.p50, 1),
+                      fmt(fw.p90, 1), fmt(fw.min, 1)]]))
+        print(f"(the image build before it, cold: {fmt(build_s, 1)} s)")
     print()
     print(table(["QEMU memory (idle busybox VM)", "MiB"],
                 [[k, fmt(v)] for k, v in breakdown.items()]))
@@ -129,7 +173,8 @@ def main() -> int:
                      "ratio": ratio(iso.p50, bare.p50), "vmm_overhead_mib": breakdown["vmm_overhead_mib"],
                      "tcg_cache_mib": breakdown["tcg_cache_mib"], "guest_ram_touched_mib": breakdown["guest_ram_mib"],
                      "vmm_overhead_anon_mib": breakdown["vmm_overhead_anon_mib"],
-                     "qemu_rss_mib": breakdown["rss_mib"]}))
+                     "qemu_rss_mib": breakdown["rss_mib"], "firmware_boot_p50_s": fw.p50,
+                     "firmware_boot_runs": fw.n}))
     return 0
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
+import logging
 import os
 import secrets
 import select
@@ -29,6 +31,7 @@ from isobox import __version__, names, paths
 from isobox.errors import Conflict, InvalidArgument, IsoboxError, NotFound
 from isobox.images.store import Image, ImageStore
 from isobox.logs import read_entries
+from isobox.net.manager import ALIASES, Attachment, NetworkManager
 from isobox.runtimes import registry
 from isobox.runtimes.base import ExecRequest, Runtime
 from isobox.runtimes.container import launch, zygote
@@ -96,13 +99,25 @@ def _iso(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1e9):09d}Z"
 
 
+def _make_run_root() -> None:
+    """The run root is traversable but not listable (0711): each network's dnsmasq runs as
+    nobody and re-reads its hosts file under ``net/``.  Everything else below stays 0700."""
+    root = paths.run_root()
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    root.chmod(0o711)
+    for sub in ("c", "v", "runsc", "containers"):
+        (root / sub).mkdir(exist_ok=True, mode=0o700)
+        (root / sub).chmod(0o700)
+
+
 class Engine:
     def __init__(self, store: StateStore | None = None) -> None:
         paths.state_root().mkdir(parents=True, exist_ok=True, mode=0o700)
-        paths.run_root().mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_run_root()
         self.store = store or StateStore(paths.database_path())
         self.image_store = ImageStore(self.store)
         self.runtimes: dict[str, Runtime] = registry.load_runtimes()
+        self.net = NetworkManager(self.store)
         self._zygote: Zygote | None = None
         if not launch.zygote_active():
             # The daemon starts one before loading its web stack; anyone else gets one here.
@@ -130,6 +145,9 @@ class Engine:
 
         with contextlib.suppress(IsoboxError):
             compile_seccomp(Security(), caps.resolve([], []))
+        from isobox.net import links
+
+        links.index_of("lo")  # pyroute2 takes ~160 ms to import: not on the first run's path
 
     def close(self) -> None:
         self.store.close()
@@ -213,8 +231,32 @@ class Engine:
             if not self._alive(rec.monitor_pid, rec.monitor_start):
                 self._runtime(rec).cleanup(rec)  # a monitor that died cannot have cleaned up
             self._notify(self._exited, rec.id)
+            self._release_network(rec.id)
             if rec.spec.get("auto_remove"):
                 self._remove_record(rec)
+
+    def _release_network(self, container_id: str) -> None:
+        """The address, DNS name and published ports of a workload that ended.  On the event loop
+        it goes to a worker thread (a SQLite commit, a hosts file, nftables when ports were
+        published), so that whoever waits for the exit hears of it first; only this start's
+        leases are released then, as a restart may come first."""
+        held = {lease.link for lease in self.net.leases_of(container_id)}
+        if not held:
+            return
+
+        def release() -> None:
+            with contextlib.suppress(IsoboxError, OSError):
+                self.net.detach(container_id, held)
+
+        try:
+            on_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False  # a worker thread (stop, rm): it can wait for it
+        if on_loop:
+            assert self.loop is not None
+            self.loop.run_in_executor(None, release)
+        else:
+            release()
 
     def _wait_monitor(self, rec: ContainerRecord, timeout: float) -> bool:
         """Block (in a worker thread) until the monitor ends; then settle the container now."""
@@ -235,12 +277,19 @@ class Engine:
         return bool(ready)
 
     def recover(self) -> None:
-        """Reconcile the database with reality at daemon start (re-adopt, mark exited)."""
+        """Reconcile the database with reality at daemon start (re-adopt, mark exited), then
+        the networks: leases, links, DNS and nftables of workloads that are gone."""
+        live = set()
         for rec in self.store.containers("running"):
             if rec.monitor_pid and self._alive(rec.monitor_pid, rec.monitor_start):
                 self._watch(rec.id, rec.monitor_pid)
+                live.add(rec.id)
             else:
                 self._monitor_exited(rec.id, rec.monitor_pid or 0)
+        try:
+            self.net.reconcile(live)
+        except (IsoboxError, OSError) as exc:  # e.g. nft missing: containers with --network none still run
+            logging.getLogger("isobox.net").warning("networks not reconciled: %s", exc)
 
     # -- containers ---------------------------------------------------------------------------
 
@@ -253,9 +302,7 @@ class Engine:
         if runtime is None:
             raise InvalidArgument(f"isolation {spec.isolation.value!r} is not available yet",
                                   hint=f"available here: {', '.join(self.runtimes)}")
-        if spec.network not in ("none", "default", "bridge"):
-            raise InvalidArgument(f"network {spec.network!r} is not available yet",
-                                  hint="only --network none is supported until networking lands")
+        self._check_network(spec, runtime)
         image = self._image(spec.image)
         if image.disk and spec.isolation != Isolation.VM:
             raise InvalidArgument(f"image {spec.image} is a VM disk image: run it with --isolation vm")
@@ -265,6 +312,32 @@ class Engine:
                               image_ref=spec.image, spec=spec.to_dict())
         self.store.add_container(rec)
         return StartInfo(container_id, rec.name)
+
+    def _check_network(self, spec: WorkloadSpec, runtime: Runtime) -> None:
+        if spec.network == "none":
+            return
+        if spec.network == "host":
+            if runtime.network_kind != "veth":
+                raise InvalidArgument(f"--network host is for containers, not --isolation {spec.isolation.value}")
+            return
+        if runtime.network_kind is None:
+            if spec.network in ALIASES and not spec.ports:
+                return  # this level has loopback only: the default network does not apply
+            raise InvalidArgument(f"--isolation {spec.isolation.value} has no isobox networks yet",
+                                  hint="use --network none")
+        try:
+            self.net.resolve(spec.network)
+        except NotFound:
+            raise InvalidArgument(f"network {spec.network} not found",
+                                  hint="isobox network ls lists them; isobox network create makes one") from None
+
+    def _attach_network(self, rec: ContainerRecord, spec: WorkloadSpec) -> Attachment | None:
+        kind = self._runtime(rec).network_kind
+        if spec.network in ("none", "host") or kind is None:
+            return None
+        hostnames = list(dict.fromkeys([rec.name, *([spec.hostname] if spec.hostname else []), rec.id[:12]]))
+        ports = [dataclasses.asdict(p) for p in spec.ports]
+        return self.net.attach(rec.id, spec.network, hostnames, ports, kind)
 
     def start(self, ref: str, attach: bool = False) -> StartInfo:
         """With attach=True the workload waits to exec until the first client connects to
@@ -284,7 +357,16 @@ class Engine:
             spec = WorkloadSpec.from_dict(rec.spec)
             image = self.image_store.resolve(rec.image_id)
             self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
-            launched, applied, sock = self._runtime(rec).start(rec, spec, image, attach)
+            self.net.detach(rec.id)  # a lease left by a start that failed half-way
+            network = self._attach_network(rec, spec)
+            try:
+                launched, applied, sock = self._runtime(rec).start(rec, spec, image, attach, network)
+            except BaseException:
+                if network is not None:
+                    self.net.start_failed(rec.id)
+                raise
+            if network is not None:
+                applied["Network"] = network.describe()
             with self._lock:
                 self.store.update_container(
                     rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
@@ -357,6 +439,8 @@ class Engine:
         self._monitor_gone(rec)
         with self._lock:
             self._runtime(rec).remove(rec)
+            with contextlib.suppress(IsoboxError, OSError):
+                self.net.detach(rec.id)
             self.store.delete_container(rec.id)
             self._cpu_samples.pop(rec.id, None)
             self._notify(self._removed, rec.id)
@@ -420,9 +504,12 @@ class Engine:
                                 f"no-new-privileges={str(sec.get('no_new_privileges', True)).lower()}"],
                 "ReadonlyRootfs": spec.get("read_only", False), "Init": spec.get("init", False),
                 "AutoRemove": spec.get("auto_remove", False), "NetworkMode": spec.get("network", "none"),
+                "PortBindings": {f"{p['container_port']}/{p['protocol']}": [
+                    {"HostIp": p["host_ip"], "HostPort": str(p["host_port"] or "")}] for p in spec.get("ports", [])},
                 "Binds": [f"{m['source']}:{m['target']}{':ro' if m.get('readonly') else ''}"
                           for m in spec.get("mounts", [])],
             },
+            "NetworkSettings": self.net.describe(rec.id),
             "Applied": rec.applied,
             "Monitor": {"Pid": rec.monitor_pid if running else 0},
         }
@@ -533,9 +620,17 @@ class Engine:
         return self.image_store.remove(ref, force=force, in_use_by=in_use)
 
     def build_image(self, kind: str, tag: str | None = None, include: builtins.list[str] | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """``busybox`` or ``debian:SUITE`` (mmdebstrap; ``include`` adds packages)."""
+                    progress: Callable[[str], None] | None = None, bootable: bool = False) -> dict[str, Any]:
+        """``busybox`` or ``debian:SUITE`` (mmdebstrap; ``include`` adds packages); ``bootable``:
+        a Debian system disk that VMs boot by firmware (a VM-only image)."""
         report = progress or self._silent
+        if bootable:
+            if kind != "debian" and not kind.startswith("debian:"):
+                raise InvalidArgument(f"--bootable builds Debian system disks, not {kind!r}",
+                                      hint="isobox image build debian:bookworm --bootable")
+            from isobox.images import bootdisk
+
+            return bootdisk.build(self.image_store, kind, include or [], tag, report).to_dict()
         if kind == "busybox":
             if include:
                 raise InvalidArgument("--include is for debian images", hint="isobox image build debian:bookworm --include PKG")

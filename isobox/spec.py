@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from isobox.errors import InvalidArgument
+from isobox.net.ports import PortMapping
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
@@ -22,6 +23,7 @@ USER_RE = re.compile(r"^[a-zA-Z0-9_.][a-zA-Z0-9_.-]*(:[a-zA-Z0-9_.][a-zA-Z0-9_.-
 
 DEFAULT_PIDS_LIMIT = 2048  # Podman's default
 DEFAULT_STOP_TIMEOUT = 10
+FIRMWARES = ("bios", "uefi")
 
 
 class Isolation(StrEnum):
@@ -66,7 +68,9 @@ class WorkloadSpec:
     user: str | None = None
     hostname: str | None = None
     isolation: Isolation = Isolation.CONTAINER
-    network: str = "none"
+    firmware: str | None = None  # VM disk images only: "bios" (SeaBIOS, the default) or "uefi" (OVMF)
+    network: str = "default"  # "none", "host", "default" (the default network) or a network's name
+    ports: list[PortMapping] = field(default_factory=list)  # -p
     mounts: list[Mount] = field(default_factory=list)
     resources: Resources = field(default_factory=Resources)
     security: Security = field(default_factory=Security)
@@ -100,6 +104,10 @@ class WorkloadSpec:
             raise InvalidArgument("command contains a NUL byte")
         if self.network not in ("none", "host", "default", "bridge") and not NAME_RE.match(self.network):
             raise InvalidArgument(f"invalid network {self.network!r}")
+        if self.ports and self.network in ("none", "host"):
+            raise InvalidArgument(f"cannot publish ports with --network {self.network}")
+        for port in self.ports:
+            port.validate()
         for mount in self.mounts:
             if not mount.source.startswith("/"):
                 raise InvalidArgument(f"volume source {mount.source!r} is not an absolute host path")
@@ -120,6 +128,11 @@ class WorkloadSpec:
             raise InvalidArgument("seccomp=custom needs a profile")
         if self.stop_timeout < 0:
             raise InvalidArgument("stop timeout must not be negative")
+        if self.firmware is not None and self.firmware not in FIRMWARES:
+            raise InvalidArgument(f"invalid firmware {self.firmware!r}", hint="use --firmware bios or --firmware uefi")
+        if self.firmware is not None and self.isolation != Isolation.VM:
+            raise InvalidArgument(f"--firmware is for --isolation vm, not {self.isolation.value}",
+                                  hint="firmware boots VM disk images: isobox run --isolation vm --firmware uefi IMAGE")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,13 +144,15 @@ class WorkloadSpec:
         if not isinstance(data, dict):
             raise InvalidArgument("workload spec must be a JSON object")
         data = dict(data)
-        mounts = data.pop("mounts", None)
-        if mounts is not None and not isinstance(mounts, list):
-            raise InvalidArgument("invalid workload spec: mounts must be a list")
+        mounts, ports = data.pop("mounts", None), data.pop("ports", None)
+        for key, value in (("mounts", mounts), ("ports", ports)):
+            if value is not None and not isinstance(value, list):
+                raise InvalidArgument(f"invalid workload spec: {key} must be a list")
         resources, security = data.pop("resources", None), data.pop("security", None)
         try:
             nested = {
                 "mounts": [_build(Mount, m) for m in mounts or []],
+                "ports": [_build(PortMapping, p) for p in ports or []],
                 "resources": _build(Resources, {} if resources is None else resources),
                 "security": _build(Security, {} if security is None else security),
             }

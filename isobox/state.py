@@ -115,9 +115,11 @@ class StateStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    _query = query
 
     # -- containers ---------------------------------------------------------------------------
 

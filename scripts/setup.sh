@@ -19,6 +19,7 @@ DEBIAN_PACKAGES=(
     syslinux syslinux-common syslinux-efi      # image build debian:SUITE --bootable: BIOS and UEFI loaders,
     mtools dosfstools fdisk                    #   its FAT boot partition and its MBR, made without mounting
     runc runsc podman catatonit uidmap         # peers (benchmarks, interop) and the gVisor level
+    nftables dnsmasq-base                      # networks: isobox's nft table, each network's DNS
     procps psmisc util-linux iproute2          # ps/pkill/nsenter/ip used by tests
 )
 

@@ -6,6 +6,7 @@ under a short /tmp path because attach sockets must fit sockaddr_un.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -13,14 +14,85 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from isobox.runtimes.container import syscalls as sc
+
 VENV_BIN = Path(sys.executable).parent
+
+
+TEST_NETNS = f"ibxtest-{os.getpid()}"
+TEST_NETNS_PATH = f"/run/netns/{TEST_NETNS}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's daemon lives in a network namespace of its own (``ISOBOX_NETNS``): the
+    bridges, nftables table and DNS servers tests make are that namespace's, and go with it.
+    (The tests themselves stay in the host's: image builds fetch Debian packages from there.)"""
+    if os.geteuid() != 0:
+        return
+    subprocess.run(["ip", "netns", "add", TEST_NETNS], check=True)
+    subprocess.run(["ip", "-n", TEST_NETNS, "link", "set", "lo", "up"], check=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.path.exists(TEST_NETNS_PATH):
+        subprocess.run(["ip", "netns", "delete", TEST_NETNS], check=False)
+
+
+T = TypeVar("T")
+
+
+def in_netns(path: str, fn: Callable[[], T]) -> T:
+    """``fn()`` in a thread that joined the network namespace at ``path`` (sockets it makes stay
+    there); the test process itself never moves."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+@contextlib.contextmanager
+def private_netns(tag: str) -> Iterator[str]:
+    """A network namespace for a second daemon (``ISOBOX_NETNS``): a daemon owns its namespace's
+    isobox bridges and nftables table, so two must never share one."""
+    name = f"ibx{tag}-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    try:
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def stop_dns(run_root: Path) -> None:
+    """The networks' dnsmasq processes outlive daemons by design; a test's go with its roots."""
+    for pid_file in run_root.glob("net/*/dnsmasq.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
 
 
 def require(*tools: str) -> None:
@@ -66,6 +138,7 @@ def _make_env(base: Path) -> dict[str, str]:
         ISOBOX_CGROUP_PARENT=f"isobox-test-{base.name}",
     )
     env.pop("ISOBOX_SOCKET", None)
+    env["ISOBOX_NETNS"] = TEST_NETNS_PATH
     return env
 
 
@@ -86,7 +159,7 @@ def isobox() -> Iterator[Isobox]:
     if os.geteuid() != 0:
         pytest.skip("integration tests need root (namespaces, cgroups, mounts)")
     base = Path(f"/tmp/ibx-{secrets.token_hex(4)}")
-    base.mkdir(mode=0o700)
+    base.mkdir(mode=0o711)  # traversable: each network's dnsmasq (user nobody) reads its hosts file below
     env = _make_env(base)
     log = open(base / "isoboxd.log", "ab")  # noqa: SIM115
     daemon = subprocess.Popen([str(VENV_BIN / "isoboxd")], env=env, stdout=log, stderr=log,
@@ -109,6 +182,7 @@ def isobox() -> Iterator[Isobox]:
         except subprocess.TimeoutExpired:
             daemon.kill()
         log.close()
+        stop_dns(box.run_root)
         _remove_cgroup_parent(box.cgroup_parent)
         shutil.rmtree(base, ignore_errors=True)
 
@@ -121,3 +195,43 @@ def _remove_cgroup_parent(parent: str) -> None:
                 if child.is_dir():
                     child.rmdir()
             path.rmdir()
+
+
+@pytest.fixture
+def own_daemon(isobox: Isobox, tmp_path: Path) -> Iterator[Isobox]:
+    """A second daemon on its own roots that this test may kill -9."""
+    env = dict(isobox.env)
+    base = f"/tmp/ibx-own-{os.getpid()}"
+    env.update(ISOBOX_ROOT=f"{base}/root", ISOBOX_RUN=f"{base}/run",
+               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-own")
+    netns = private_netns("own")
+    env["ISOBOX_NETNS"] = netns.__enter__()
+    box = Isobox(isobox.base, env)
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / "isoboxd.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen([str(VENV_BIN / "isoboxd")], env=env, stdout=log, stderr=log,
+                                start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not _socket_up(box.run_root / "isobox.sock"):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "isoboxd.log").read_text()
+            time.sleep(0.05)
+        procs.append(proc)
+        return proc
+
+    box.start_daemon = start  # type: ignore[attr-defined]
+    start()
+    box.cli("image", "build", "busybox", check=True)
+    yield box
+    box.cli("rm", "-f", *box.cli("ps", "-aq").stdout.split())
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(15)
+    import shutil
+
+    _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])
+    stop_dns(box.run_root)
+    netns.__exit__(None, None, None)
+    shutil.rmtree(base, ignore_errors=True)

@@ -337,6 +337,7 @@ def version(args: argparse.Namespace, client: Client) -> int:
 
 from isobox.cli import commands_compare as _compare  # noqa: E402
 from isobox.cli import commands_images as _images  # noqa: E402 - it imports each/out from here
+from isobox.cli import commands_networks as _net  # noqa: E402 - it imports each/out from here
 from isobox.cli import commands_vm as _vm  # noqa: E402
 
 VERBS: dict[str, Verb] = {
@@ -352,4 +353,6 @@ VERBS: dict[str, Verb] = {
     "snapshot_restore": _vm.snapshot_restore, "snapshot_rm": _vm.snapshot_rm,
     "console": _vm.console,
     "compare": _compare.compare, "advise": _compare.advise,
+    "network_create": _net.network_create, "network_ls": _net.network_ls,
+    "network_inspect": _net.network_inspect, "network_rm": _net.network_rm, "port": _net.port,
 }

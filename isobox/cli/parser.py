@@ -146,6 +146,8 @@ def _image_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", metavar="KIND", help="what to build: busybox, debian:bookworm, debian:trixie")
     p.add_argument("-t", "--tag", help="name:tag (default KIND:latest, KIND for debian)")
     p.add_argument("--include", action="append", default=[], metavar="PKG,...", help="extra Debian packages")
+    p.add_argument("--bootable", action="store_true",
+                   help="debian: a whole system (kernel, systemd, bootloader) on a disk that VMs boot by firmware")
 
 
 def _image_load(p: argparse.ArgumentParser) -> None:
@@ -222,6 +224,18 @@ def _snapshot_ls(p: argparse.ArgumentParser) -> None:
     snapshot_ls_flags(p)
 
 
+def _lazy(name: str) -> Flags:
+    """Flags defined next to their verb in commands_networks, imported only when parsed."""
+    def flags(p: argparse.ArgumentParser) -> None:
+        import importlib
+
+        # commands first: it imports commands_networks at its end, which imports back from it.
+        importlib.import_module("isobox.cli.commands")
+        getattr(importlib.import_module("isobox.cli.commands_networks"), name)(p)
+
+    return flags
+
+
 # (name, aliases, command key, help, flags, argparse's -h)
 Verb = tuple[str, tuple[str, ...], str, str, Flags, bool]
 
@@ -243,6 +257,12 @@ SNAPSHOT_VERBS: list[Verb] = [
     ("ls", ("list",), "snapshot_ls", "List a VM's snapshots", _snapshot_ls, True),
     ("restore", (), "snapshot_restore", "Return a VM to a snapshot", _snapshot, True),
     ("rm", ("remove",), "snapshot_rm", "Delete a VM's snapshot", _snapshot, True),
+]
+NETWORK_VERBS: list[Verb] = [
+    ("create", (), "network_create", "Create a network", _lazy("network_create_flags"), True),
+    ("ls", ("list",), "network_ls", "List networks", _lazy("network_ls_flags"), True),
+    ("inspect", (), "network_inspect", "Show networks' details as JSON", _lazy("network_inspect_flags"), True),
+    ("rm", ("remove",), "network_rm", "Remove networks", _lazy("network_refs_flags"), True),
 ]
 SYSTEM_VERBS: list[Verb] = [
     ("info", (), "system_info", "What this host offers each isolation level", _format_only, True),
@@ -274,6 +294,8 @@ VERBS: list[Verb] = [
     ("snapshot", (), "help", "Manage VM snapshots", _group(SNAPSHOT_VERBS, "isobox snapshot"), True),
     ("console", (), "console", "Attach to a VM's serial console (Ctrl-] detaches)", _console, True),
     ("inspect", (), "inspect", "Show workloads' details as JSON", _inspect, True),
+    ("port", (), "port", "List a workload's published ports", _lazy("port_flags"), True),
+    ("network", (), "help", "Manage networks", _group(NETWORK_VERBS, "isobox network"), True),
     ("wait", (), "wait", "Wait for workloads to stop, print their exit codes", _containers, True),
     ("stats", (), "stats", "Live resource usage", _stats, True),
     ("image", (), "help", "Manage images", _group(IMAGE_VERBS, "isobox image"), True),
@@ -323,7 +345,7 @@ def _leaf(argv: list[str]) -> tuple[Verb, str, list[str]] | None:
         return None  # --help, --version, a mistake: the whole tree handles those
     word = argv[i]
     verb = _find(VERBS, word)
-    group = {"image": IMAGE_VERBS, "system": SYSTEM_VERBS}.get(verb[0]) if verb else None
+    group = {"image": IMAGE_VERBS, "system": SYSTEM_VERBS, "network": NETWORK_VERBS}.get(verb[0]) if verb else None
     if verb is None or (group is not None and (len(argv) <= i + 1 or _find(group, argv[i + 1]) is None)):
         return None
     if group is not None:

@@ -31,9 +31,13 @@ def add_run_flags(p: argparse.ArgumentParser, *, detach: bool) -> None:
     p.add_argument("--init", action="store_true", help="run an init as PID 1 that reaps zombies")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin attached")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
-    p.add_argument("--network", "--net", default="none", help="only 'none' for now")
-    p.add_argument("-p", "--publish", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument("--network", "--net", default="default",
+                   help="the default network (default), a network's name, none, or host (containers)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOSTPORT:]PORT[/PROTO]",
+                   help="publish a port on the host")
     p.add_argument("--isolation", default="container", help="container (default), gvisor or vm")
+    p.add_argument("--firmware", metavar="bios|uefi",
+                   help="VM disk images: boot through SeaBIOS (default) or UEFI (OVMF)")
     p.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability")
     p.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability (or ALL)")
     p.add_argument("--security-opt", action="append", default=[], metavar="OPT",

@@ -27,7 +27,6 @@ from isobox.units import parse_cpus, parse_size
 if TYPE_CHECKING:
     from isobox.spec import WorkloadSpec
 
-NETWORK_HINT = "isobox supports only --network none until networking lands"
 ISOLATIONS = ("container", "gvisor", "vm")
 VOLUME_OPTIONS = ("ro", "rw", "z", "Z")
 
@@ -40,16 +39,17 @@ def spec_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Work
 
 def spec_body(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     """The spec as JSON, with only what the flags set (the spec's defaults fill the rest)."""
-    if args.publish:
-        raise InvalidArgument("publishing ports needs networking, which isobox does not have yet",
-                              hint=NETWORK_HINT)
-    if args.network != "none":
-        raise InvalidArgument(f"network {args.network!r} is not available yet", hint=NETWORK_HINT)
     if args.isolation not in ISOLATIONS:
         raise InvalidArgument(f"invalid --isolation {args.isolation!r}", hint="use container, gvisor or vm")
     body: dict[str, Any] = {"image": args.image, "command": list(args.command), "isolation": args.isolation,
                             "network": args.network}
-    for key in ("name", "workdir", "user", "hostname"):
+    if args.publish:
+        from dataclasses import asdict
+
+        from isobox.net.ports import parse_publish
+
+        body["ports"] = [asdict(m) for spec in args.publish for m in parse_publish(spec)]
+    for key in ("name", "workdir", "user", "hostname", "firmware"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.entrypoint is not None:

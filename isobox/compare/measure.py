@@ -168,8 +168,10 @@ class Level:
     def _spec(self, argv: list[str], env: dict[str, str] | None = None) -> Any:
         from isobox.spec import Isolation, WorkloadSpec
 
+        # --network none: gVisor joins no isobox network yet, so every level is measured without
+        # one (bench/network.py measures what a network adds).
         return WorkloadSpec(image=self.image_ref, command=[], entrypoint=argv, isolation=Isolation(self.name),
-                            env={"W": "/iobench", "HOSTPID": str(os.getpid()), **(env or {})})
+                            network="none", env={"W": "/iobench", "HOSTPID": str(os.getpid()), **(env or {})})
 
     def _wait(self, container_id: str, timeout: float) -> Any:
         """Until the workload has ended and the engine has settled it (with or without a loop)."""

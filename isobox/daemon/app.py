@@ -24,7 +24,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from isobox import __version__
-from isobox.daemon import routes_compare, routes_containers, routes_images, routes_system, routes_vm
+from isobox.daemon import (
+    routes_compare,
+    routes_containers,
+    routes_images,
+    routes_networks,
+    routes_system,
+    routes_vm,
+)
 from isobox.daemon.schemas import ErrorResponse, describe_validation_error, openapi_components
 from isobox.engine import Engine
 from isobox.errors import IsoboxError
@@ -62,6 +69,7 @@ def create_app(engine: Engine, *, manage_engine: bool = True) -> FastAPI:
     app.include_router(routes_containers.router)
     app.include_router(routes_images.router)
     app.include_router(routes_vm.router)
+    app.include_router(routes_networks.router)
     app.include_router(routes_compare.router)
     app.add_exception_handler(IsoboxError, _isobox_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

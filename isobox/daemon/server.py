@@ -76,7 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def enter_netns() -> None:
+    """``ISOBOX_NETNS=/run/netns/NAME``: run in that network namespace (tests, benchmarks), so
+    that bridges, nftables and DNS servers are that namespace's and nothing touches the host's.
+    One daemon per network namespace: each owns the namespace's isobox bridges and table."""
+    path = os.environ.get("ISOBOX_NETNS")
+    if path:
+        from isobox.net import hostns
+
+        hostns.enter(path)
+
+
 def serve(listener: socket.socket, sock_path: Path, debug: bool) -> None:
+    enter_netns()  # before the zygote: container inits make their veth peers in this namespace
     # Fork the zygote that forks container monitors now: before the web stack is imported
     # (monitors share its memory copy-on-write, so it should be small) and before any thread.
     from isobox.runtimes.container import launch, zygote

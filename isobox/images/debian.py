@@ -24,6 +24,7 @@ from pathlib import Path
 
 from isobox.errors import InvalidArgument, RuntimeFailure
 from isobox.images.store import EPOCH, Image, ImageConfig, ImageStore, Progress
+from isobox.net import hostns
 
 SUITES = ("bookworm", "trixie")
 VARIANT = "minbase"
@@ -66,8 +67,8 @@ def build(store: ImageStore, kind: str, include: list[str], tag: str | None, pro
         raise RuntimeFailure("mmdebstrap not found: debian images are built with it", hint=HINT_INSTALL)
     with store.staging() as stage:
         root = stage / "rootfs"
-        _mmdebstrap(suite, packages, root, progress)
-        _clean_dev(root)
+        run_mmdebstrap(suite, packages, root, progress)
+        clean_dev(root)
         labels = {KEY_LABEL: key, "org.opencontainers.image.title": f"debian:{suite}",
                   "org.opencontainers.image.source": MIRROR}
         if packages:
@@ -78,14 +79,15 @@ def build(store: ImageStore, kind: str, include: list[str], tag: str | None, pro
         return store.commit([root], config, tag, progress, history=[{"created": EPOCH, "created_by": created_by}])
 
 
-def _mmdebstrap(suite: str, packages: list[str], root: Path, progress: Progress) -> None:
+def run_mmdebstrap(suite: str, packages: list[str], root: Path, progress: Progress) -> None:
     cmd = ["unshare", "--mount", "--propagation", "private", "--",
            "mmdebstrap", f"--variant={VARIANT}", "--mode=root", "--format=directory", "--verbose"]
     if packages:
         cmd.append("--include=" + ",".join(packages))
     cmd += [suite, str(root), MIRROR]
     progress("running " + " ".join(cmd[5:]))
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # (through the host's network namespace when the daemon runs in one of its own)
+    proc = subprocess.Popen(hostns.wrap(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, errors="replace", start_new_session=True)
     tail: list[str] = []
     try:
@@ -107,7 +109,7 @@ def _mmdebstrap(suite: str, packages: list[str], root: Path, progress: Progress)
                              hint=f"is {MIRROR} reachable? set ISOBOX_DEBIAN_MIRROR for another mirror")
 
 
-def _clean_dev(root: Path) -> None:
+def clean_dev(root: Path) -> None:
     dev = root / "dev"
     if dev.is_symlink() or not dev.is_dir():
         raise RuntimeFailure("mmdebstrap made no /dev directory")

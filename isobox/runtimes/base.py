@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from isobox.images.store import Image
+    from isobox.net.manager import Attachment
     from isobox.runtimes.container.monitor import ExitStatus
     from isobox.spec import WorkloadSpec
     from isobox.state import ContainerRecord
@@ -39,13 +40,17 @@ class ExecRequest:
 
 class Runtime(Protocol):
     isolation: str
+    # How a workload of this level joins an isobox network: "veth" (its init makes the pair),
+    # "tap" (QEMU opens a tap the engine made), or None (not supported: loopback only).
+    network_kind: str | None
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
         """Refuse, before anything is made, what this level cannot run."""
 
-    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
-              attach: bool) -> tuple[Launched, dict[str, Any], str | None]:
-        """Start; returns the launch facts, what was applied (for inspect), the attach socket."""
+    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image, attach: bool,
+              network: Attachment | None = None) -> tuple[Launched, dict[str, Any], str | None]:
+        """Start; returns the launch facts, what was applied (for inspect), the attach socket.
+        ``network``: the workload's place on an isobox network, already leased."""
         ...
 
     def signal(self, rec: ContainerRecord, sig: int) -> None: ...

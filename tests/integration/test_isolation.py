@@ -106,8 +106,11 @@ def test_proc_paths_masked_and_read_only(isobox: Isobox) -> None:
     assert code != 0
 
 
-def test_sys_is_read_only_and_net_is_only_lo(isobox: Isobox) -> None:
+def test_sys_is_read_only_and_shows_only_own_links(isobox: Isobox) -> None:
     code, out, err = inside(isobox, "ls /sys/class/net")
+    assert code == 0, err
+    assert out.split() == ["eth0", "lo"]  # its own net namespace: none of the host's links
+    code, out, err = inside(isobox, "ls /sys/class/net", "--network", "none")
     assert code == 0, err
     assert out.split() == ["lo"]
     code, _out, _err = inside(isobox, "touch /sys/x")

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import VENV_BIN, Isobox, _socket_up
+from tests.conftest import Isobox
 from tests.integration.helpers import assert_gone, cgroup_dirs
 
 pytestmark = pytest.mark.root
@@ -132,44 +131,6 @@ def test_ps_shows_exited_only_with_all(isobox: Isobox) -> None:
         assert cid[:12] in listing and "Exited (0)" in listing
     finally:
         isobox.cli("rm", "-f", cid)
-
-
-@pytest.fixture
-def own_daemon(isobox: Isobox, tmp_path):
-    """A second daemon on its own roots that this test may kill -9."""
-    env = dict(isobox.env)
-    base = f"/tmp/ibx-own-{os.getpid()}"
-    env.update(ISOBOX_ROOT=f"{base}/root", ISOBOX_RUN=f"{base}/run",
-               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-own")
-    box = Isobox(isobox.base, env)
-    procs: list[subprocess.Popen] = []
-
-    def start() -> subprocess.Popen:
-        log = open(tmp_path / "isoboxd.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen([str(VENV_BIN / "isoboxd")], env=env, stdout=log, stderr=log,
-                                start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not _socket_up(box.run_root / "isobox.sock"):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "isoboxd.log").read_text()
-            time.sleep(0.05)
-        procs.append(proc)
-        return proc
-
-    box.start_daemon = start  # type: ignore[attr-defined]
-    start()
-    box.cli("image", "build", "busybox", check=True)
-    yield box
-    box.cli("rm", "-f", *box.cli("ps", "-aq").stdout.split())
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(15)
-    import shutil
-
-    from tests.conftest import _remove_cgroup_parent
-
-    _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_workloads_survive_daemon_kill(own_daemon: Isobox) -> None:

@@ -114,11 +114,12 @@ def test_vm_survives_a_daemon_kill(isobox: Isobox, tmp_path: Path) -> None:
     import signal
     import subprocess
 
-    from tests.conftest import VENV_BIN, _socket_up
+    from tests.conftest import VENV_BIN, _socket_up, private_netns, stop_dns
 
     base = Path(f"/tmp/ibx-vmd-{os.getpid()}")
+    netns = private_netns("vmd")
     env = dict(isobox.env, ISOBOX_ROOT=f"{base}/root", ISOBOX_RUN=f"{base}/run",
-               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-vmd")
+               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-vmd", ISOBOX_NETNS=netns.__enter__())
     box = Isobox(isobox.base, env)
     daemons: list[subprocess.Popen[bytes]] = []
 
@@ -157,6 +158,8 @@ def test_vm_survives_a_daemon_kill(isobox: Isobox, tmp_path: Path) -> None:
         from tests.conftest import _remove_cgroup_parent
 
         _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])
+        stop_dns(box.run_root)
+        netns.__exit__(None, None, None)
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)

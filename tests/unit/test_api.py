@@ -27,6 +27,8 @@ from starlette.types import Receive, Scope, Send
 
 from isobox.attach import Decoder, Frame
 from isobox.daemon.app import CatchAllMiddleware, create_app
+from isobox.runtimes.container import syscalls as sc
+from tests.conftest import stop_dns
 
 ERROR_KEYS = {"message", "hint", "kind"}
 
@@ -34,13 +36,23 @@ ERROR_KEYS = {"message", "hint", "kind"}
 @pytest.fixture
 def roots(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     base = Path(f"/tmp/ibx-api-{secrets.token_hex(4)}")  # short: attach sockets must fit sockaddr_un
-    base.mkdir(mode=0o700)
+    base.mkdir(mode=0o711)
     monkeypatch.setenv("ISOBOX_ROOT", str(base / "root"))
     monkeypatch.setenv("ISOBOX_RUN", str(base / "run"))
     monkeypatch.setenv("ISOBOX_CGROUP_PARENT", f"isobox-test-{base.name}")
     monkeypatch.delenv("ISOBOX_SOCKET", raising=False)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+    # An engine owns its network namespace's isobox bridges and nft table, so this one gets a
+    # namespace of its own (this thread's; the threads it starts are born in it).
+    outer = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    sc.unshare(sc.CLONE_NEWNET)
+    try:
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        yield base
+    finally:
+        stop_dns(base / "run")
+        sc.setns(outer, sc.CLONE_NEWNET)
+        os.close(outer)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -196,10 +196,15 @@ def test_isolation_is_passed_through(capsys: pytest.CaptureFixture[str]) -> None
     assert "invalid --isolation 'chroot'" in usage_error(capsys, "run", "--isolation", "chroot", "busybox")
 
 
-def test_only_network_none(capsys: pytest.CaptureFixture[str]) -> None:
+def test_network_and_publish_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert spec("--network", "none", "busybox").network == "none"
-    assert usage_error(capsys, "run", "--network", "host", "busybox") == "Error: network 'host' is not available yet"
-    assert "publishing ports" in usage_error(capsys, "run", "-p", "8080:80", "busybox")
+    assert spec("busybox").network == "default"
+    assert spec("--net", "backend", "busybox").network == "backend"
+    ports = spec("-p", "8080:80", "-p", "127.0.0.1::53/udp", "busybox").ports
+    assert [(p.host_port, p.container_port, p.protocol, p.host_ip) for p in ports] == \
+        [(8080, 80, "tcp", ""), (0, 53, "udp", "127.0.0.1")]
+    assert "invalid host port" in usage_error(capsys, "run", "-p", "99999:80", "busybox")
+    assert "cannot publish ports" in usage_error(capsys, "run", "--network", "host", "-p", "80", "busybox")
 
 
 def test_entrypoint() -> None:
@@ -214,7 +219,7 @@ def test_stop_timeout() -> None:
 
 def test_body_sends_only_what_flags_set() -> None:
     body = spec_body(parse(["run", "--rm", "-m", "64m", "busybox", "true"]), {})
-    assert body == {"image": "busybox", "command": ["true"], "isolation": "container", "network": "none",
+    assert body == {"image": "busybox", "command": ["true"], "isolation": "container", "network": "default",
                     "resources": {"memory": 64 << 20}, "auto_remove": True}
     assert WorkloadSpec.from_dict(json.loads(json.dumps(body))).validate().resources.pids_limit == DEFAULT_PIDS_LIMIT
 

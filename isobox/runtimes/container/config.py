@@ -92,6 +92,18 @@ class ProcessConfig:
     umask: int | None = None
 
 
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """The container's ``eth0`` on an isobox network; its peer ``host_link`` joins the bridge."""
+
+    host_link: str
+    bridge_index: int
+    mac: str
+    address: str
+    prefixlen: int
+    gateway: str
+
+
 @dataclass
 class ContainerConfig:
     id: str
@@ -113,3 +125,5 @@ class ContainerConfig:
     devices: tuple[DeviceNode, ...] = ()
     sysctl: dict[str, str] = field(default_factory=dict)
     root_propagation: int = 0  # 0: MS_REC|MS_PRIVATE
+    interface: InterfaceConfig | None = None  # None: loopback only
+    host_network: bool = False  # --network host: the init rejoins the host's network namespace

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
+from isobox.net import rtnl
 from isobox.runtimes.base import Launched
 from isobox.runtimes.container import seccomp
 from isobox.runtimes.container import syscalls as sc
@@ -192,11 +193,13 @@ AHEAD_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE
 
 def _prepared_child(sync: socket.socket) -> None:
     try:
+        # Kept from the host side of the unshare: eth0's peer is made there (setup.plug_interface).
+        host_net = (rtnl.open_socket(), os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
         sc.unshare(AHEAD_NAMESPACES)
         sc.loopback_up()
         data, fds, _flags, _addr = socket.recv_fds(sync, MAX_MESSAGE, 3)
         if data:
-            _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES)
+            _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES, host_net)
     finally:
         os._exit(1)
 
@@ -375,11 +378,14 @@ def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
 
 
 def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int, int, int],
-                     ahead: int = 0) -> None:
+                     ahead: int = 0, host_net: tuple[socket.socket, int] | None = None) -> None:
     """``ahead``: namespaces a pooled init created before its request (lo already up)."""
     try:
         _reset_signals()
-        setup_container(cfg, CONTAINER_NAMESPACES & ~ahead)
+        setup_container(cfg, CONTAINER_NAMESPACES & ~ahead, host_net=host_net)
+        if host_net is not None:
+            host_net[0].close()
+            os.close(host_net[1])
         ident = resolve_identity(cfg.process.user)
         _finish_process(cfg.process, ident, cfg.hostname, sync, stdio, cfg.init)
     except BaseException as exc:  # noqa: BLE001 - reported to the monitor

@@ -24,10 +24,20 @@ from isobox.runtimes.base import ExecRequest, Launched
 from isobox.runtimes.container import caps as capabilities
 from isobox.runtimes.container import cgroups, launch, seccomp
 from isobox.runtimes.container import syscalls as sc
-from isobox.runtimes.container.config import MASKED_PATHS, READONLY_PATHS, ContainerConfig, ProcessConfig
+from isobox.runtimes.container.config import (
+    MASKED_PATHS,
+    READONLY_PATHS,
+    ContainerConfig,
+    InterfaceConfig,
+    ProcessConfig,
+)
 from isobox.runtimes.container.monitor import ExitStatus, read_exit_file
-from isobox.spec import Security, WorkloadSpec
+from isobox.spec import Mount, Security, WorkloadSpec
 from isobox.state import ContainerRecord
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from isobox.net.manager import Attachment
 
 
 def run_dir(container_id: str) -> Path:
@@ -93,6 +103,7 @@ def check_mounts(spec: WorkloadSpec) -> None:
 
 class ContainerRuntime:
     isolation = "container"
+    network_kind: str | None = "veth"
 
     @property
     def layout(self) -> cgroups.Layout:
@@ -105,8 +116,8 @@ class ContainerRuntime:
         compile_seccomp(spec.security, caps)
         build_process(spec, image, caps, None)
 
-    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
-              attach: bool) -> tuple[Launched, dict[str, Any], str | None]:
+    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image, attach: bool,
+              network: Attachment | None = None) -> tuple[Launched, dict[str, Any], str | None]:
         check_mounts(spec)
         caps = capabilities.resolve(spec.security.cap_add, spec.security.cap_drop)
         bpf, seccomp_info = compile_seccomp(spec.security, caps)
@@ -129,9 +140,13 @@ class ContainerRuntime:
             hostname=spec.hostname or rec.id[:12],
             process=process,
             cgroup_procs=[str(p) for p in cgroup.self_join_files()],
-            mounts=list(spec.mounts),
+            mounts=[*spec.mounts, *self._etc_files(rdir, rec, spec, network)],
             read_only=spec.read_only,
             init=spec.init,
+            interface=None if network is None else InterfaceConfig(
+                network.lease.link, network.bridge_index, network.lease.mac, network.address,
+                network.prefixlen, network.gateway),
+            host_network=spec.network == "host",
         )
         sock_path = rdir / "attach.sock"
         listener = self._listen(sock_path) if attach else None
@@ -159,12 +174,34 @@ class ContainerRuntime:
             "NoNewPrivileges": spec.security.no_new_privileges,
             "MaskedPaths": list(MASKED_PATHS),
             "ReadonlyPaths": list(READONLY_PATHS),
-            "Namespaces": ["mount", "pid", "uts", "ipc", "net", "cgroup"],
+            "Namespaces": ["mount", "pid", "uts", "ipc", *([] if spec.network == "host" else ["net"]), "cgroup"],
             "Cgroup": {"version": self.layout.version, "paths": [str(p) for p in cgroup.paths],
                        **{k: v for k, v in cgroup.applied.items() if k != "version"}},
             "CgroupWarnings": list(getattr(cgroup, "warnings", [])),
         }
         return launched, applied, str(sock_path) if attach else None
+
+    @staticmethod
+    def _etc_files(rdir: Path, rec: ContainerRecord, spec: WorkloadSpec,
+                   network: Attachment | None) -> list[Mount]:
+        """/etc/hosts and /etc/resolv.conf as Docker makes them: the embedded DNS of the network
+        and the container's own names; the host's with --network host; none with --network none."""
+        if spec.network == "host":
+            return [Mount(src, src, readonly=True) for src in ("/etc/hosts", "/etc/resolv.conf")
+                    if os.path.exists(src)]
+        if network is None:
+            return []
+        hostname = spec.hostname or rec.id[:12]
+        names = " ".join(dict.fromkeys([hostname, rec.name]))
+        files = {"hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                          f"{network.address}\t{names}\n",
+                 "resolv.conf": f"nameserver {network.gateway}\noptions ndots:0\n"}
+        mounts = []
+        for name, text in files.items():
+            path = rdir / name
+            path.write_text(text)
+            mounts.append(Mount(str(path), f"/etc/{name}"))
+        return mounts
 
     @staticmethod
     def _listen(path: Path) -> socket.socket:

@@ -28,9 +28,11 @@ def join_cgroup(files: list[str]) -> None:
             os.close(fd)
 
 
-def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int, int], ...] = ()) -> None:
+def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int, int], ...] = (),
+                    host_net: tuple[socket.socket, int] | None = None) -> None:
     """Join the cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
-    set the hostname, bring up lo and build the root."""
+    set the hostname, bring up lo, make ``eth0`` (``host_net``: a route socket and a namespace fd
+    of the host's network namespace, opened before ours) and build the root."""
     join_cgroup(cfg.cgroup_procs)
     for fd, nstype in join:
         sc.setns(fd, nstype)
@@ -39,6 +41,23 @@ def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int
         sc.unshare(namespaces)
     if cfg.hostname:
         socket.sethostname(cfg.hostname)
-    if namespaces & sc.CLONE_NEWNET:
+    if cfg.host_network:
+        if host_net is None:
+            raise RuntimeError("no handle on the host's network namespace for --network host")
+        sc.setns(host_net[1], sc.CLONE_NEWNET)
+    elif namespaces & sc.CLONE_NEWNET:
         sc.loopback_up()
+    if cfg.interface is not None:
+        plug_interface(cfg, host_net)
     rootfs.build(cfg)
+
+
+def plug_interface(cfg: ContainerConfig, host_net: tuple[socket.socket, int] | None) -> None:
+    from isobox.net import rtnl
+
+    if host_net is None:
+        raise RuntimeError("no handle on the host's network namespace to connect the container to")
+    nic = cfg.interface
+    assert nic is not None
+    rtnl.make_interface(host_net[0], host_net[1], nic.host_link, nic.bridge_index, nic.mac, nic.address,
+                        nic.prefixlen, nic.gateway)

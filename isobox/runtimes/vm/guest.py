@@ -28,7 +28,8 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 AGENT_PACKAGE = "qemu-guest-agent"
 BUSYBOX = "/bin/busybox"
 # Load order matters (no modules.dep in the package: depmod runs at install time).
-MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "fuse", "virtiofs")
+MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "fuse", "virtiofs",
+           "failover", "net_failover", "virtio_net")
 AGENT_BINARY = "usr/sbin/qemu-ga"
 RUN_HELPER = Path(__file__).with_name("guestrun.c")
 

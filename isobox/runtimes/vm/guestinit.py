@@ -51,6 +51,20 @@ mount -t tmpfs -o nosuid,nodev shm /newroot/dev/shm
 hostname "$ISOBOX_HOSTNAME"
 echo "$ISOBOX_HOSTNAME" > /proc/sys/kernel/hostname
 ip link set lo up 2>/dev/null
+if [ -n "$ISOBOX_NET_ADDR" ]; then
+    for m in failover net_failover virtio_net; do insmod /lib/modules/$m.ko 2>/dev/null; done
+    n=0
+    until [ -e /sys/class/net/eth0 ]; do
+        n=$((n+1)); [ $n -gt 1000 ] && fail "no network interface appeared"; usleep 5000
+    done
+    ip link set eth0 up && ip addr add "$ISOBOX_NET_ADDR" dev eth0 && ip route add default via "$ISOBOX_NET_GW" \
+        || fail "cannot configure eth0"
+    # As a container on the same network has them: the network's DNS and its own names.
+    mkdir -p /newroot/etc
+    printf 'nameserver %s\noptions ndots:0\n' "$ISOBOX_NET_GW" > /newroot/etc/resolv.conf
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n' \
+        "${ISOBOX_NET_ADDR%/*}" "$ISOBOX_NET_NAMES" > /newroot/etc/hosts
+fi
 mount_volume() {
     mkdir -p "/newroot$2" && mount -t virtiofs -o "$3" "$1" "/newroot$2" || fail "cannot mount the volume at $2"
 }

@@ -35,6 +35,7 @@ class VmConfig:
     name: str = "isobox"
     extra_kernel_args: list[str] = field(default_factory=list)
     volumes: int = 0  # virtio-fs shares, served by the monitor's virtiofsd processes (fs<N>.sock)
+    nic: tuple[str, str] | None = None  # (tap device, guest MAC) on an isobox network
 
     def socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.sock"
@@ -104,13 +105,27 @@ def volumes(cfg: VmConfig) -> list[str]:
     return out
 
 
+def nic(tap_and_mac: tuple[str, str] | None, device: str) -> list[str]:
+    """A virtio NIC on the tap isobox made in the network's bridge (no helper scripts: QEMU's
+    sandbox forbids spawning, and the tap is already plugged in)."""
+    if tap_and_mac is None:
+        return []
+    tap, mac = tap_and_mac
+    return ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+            "-device", f"{device},netdev=net0,mac={mac}"]
+
+
+def network(cfg: VmConfig) -> list[str]:
+    return nic(cfg.nic, "virtio-net-device")  # virtio-mmio: microvm has no PCI
+
+
 def qmp(cfg: VmConfig) -> list[str]:
     return ["-qmp", f"unix:{cfg.socket('qmp')},server=on,wait=off"]
 
 
 def qemu_cmdline(cfg: VmConfig) -> list[str]:
     return [*base(cfg), *machine(cfg), *accelerator(cfg), *resources(cfg), *kernel(cfg),
-            *console(cfg), *serial_ports(cfg), *disks(cfg), *volumes(cfg), *qmp(cfg)]
+            *console(cfg), *serial_ports(cfg), *disks(cfg), *volumes(cfg), *network(cfg), *qmp(cfg)]
 
 
 def render(argv: list[str]) -> str:

@@ -36,6 +36,10 @@ from isobox.runtimes.vm.monitor import VIRTIOFSD, MonitorConfig, read_line, unmo
 from isobox.spec import WorkloadSpec
 from isobox.state import ContainerRecord
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from isobox.net.manager import Attachment
+
 DEFAULT_MEMORY_MIB = 512
 MIN_MEMORY_MIB = 128
 BOOT_TIMEOUT = {"kvm": 30.0, "tcg": 120.0}
@@ -98,14 +102,22 @@ def vcpus(spec: WorkloadSpec) -> int:
 
 class VmRuntime:
     isolation = "vm"
+    network_kind: str | None = "tap"
 
     def validate(self, spec: WorkloadSpec, image: Image) -> None:
-        if image.disk:
-            raise InvalidArgument(f"image {spec.image}: firmware boot of imported disks is not implemented yet",
-                                  hint="the VM level boots isobox's own kernel on images with layers for now")
         if shutil.which(qemu.QEMU) is None:
             raise InvalidArgument("the VM isolation level needs QEMU",
                                   hint="apt-get install qemu-system-x86 qemu-utils (or run scripts/setup.sh)")
+        if spec.resources.memory is not None and spec.resources.memory < MIN_MEMORY_MIB << 20:
+            raise InvalidArgument(f"--memory for a VM is its RAM: at least {MIN_MEMORY_MIB}m")
+        if image.disk:  # a disk image's own OS, booted through firmware
+            from isobox.runtimes.vm import diskboot
+
+            diskboot.validate(spec, image)
+            return
+        if spec.firmware:
+            raise InvalidArgument(f"--firmware is for VM disk images; {spec.image} boots isobox's kernel directly",
+                                  hint="images from `image import-disk` or `image build debian:bookworm --bootable`")
         if spec.tty:
             raise InvalidArgument("-t is not supported with --isolation vm yet (the workload's stdio are "
                                   "virtio-serial ports)", hint="use -i without -t, or `isobox console NAME`")
@@ -115,12 +127,14 @@ class VmRuntime:
                                       hint="VM volumes are virtio-fs shares of host directories")
         if spec.mounts and not os.access(VIRTIOFSD, os.X_OK):
             raise InvalidArgument("VM volumes need virtiofsd", hint=f"{VIRTIOFSD} comes with qemu-system-common")
-        if spec.resources.memory is not None and spec.resources.memory < MIN_MEMORY_MIB << 20:
-            raise InvalidArgument(f"--memory for a VM is its RAM: at least {MIN_MEMORY_MIB}m")
         guest_process(spec, image)
 
-    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image,
-              attach: bool) -> tuple[Launched, dict[str, Any], str | None]:
+    def start(self, rec: ContainerRecord, spec: WorkloadSpec, image: Image, attach: bool,
+              network: Attachment | None = None) -> tuple[Launched, dict[str, Any], str | None]:
+        if image.disk:
+            from isobox.runtimes.vm import diskboot
+
+            return diskboot.start(rec, spec, image, attach, network)
         proc = guest_process(spec, image)
         proc.env["HOSTNAME"] = spec.hostname or rec.id[:12]
         chosen = accels.choose()
@@ -135,7 +149,10 @@ class VmRuntime:
             vmdisk.create_overlay(base, overlay)
         spec_disk = rdir / "spec.img"
         volumes = [(m.target, m.readonly) for m in spec.mounts]
-        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes)
+        net = None if network is None else specdisk.GuestNetwork(
+            f"{network.address}/{network.prefixlen}", network.gateway,
+            list(dict.fromkeys([spec.hostname or rec.id[:12], rec.name])))
+        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net)
         spec_disk.write_bytes(specdisk.disk_image(script))
         extra = []
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
@@ -143,7 +160,8 @@ class VmRuntime:
         cfg = qemu.VmConfig(run_dir=rdir, kernel=boot.kernel, initramfs=boot.initramfs, root_disk=overlay,
                             spec_disk=spec_disk, accel=chosen.name, memory_mib=memory_mib(spec),
                             cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}", extra_kernel_args=extra,
-                            volumes=len(spec.mounts))
+                            volumes=len(spec.mounts),
+                            nic=None if network is None else (network.lease.link, network.lease.mac))
         argv = qemu.qemu_cmdline(cfg)
         mcfg = MonitorConfig(argv=argv, run_dir=str(rdir), log_path=str(ddir / "ctr.log"),
                              console_log=str(ddir / "console.log"), exit_path=str(exit_path(rec.id)),
@@ -174,6 +192,7 @@ class VmRuntime:
             "Volumes": [{"source": m.source, "target": m.target, "readonly": m.readonly, "type": "virtiofs"}
                         for m in spec.mounts],
             "CgroupWarnings": [chosen.warning] if chosen.warning else [],
+            "NetworkDevice": None if network is None else {"tap": network.lease.link, "model": "virtio-net"},
         }
         return launched, applied, str(rdir / "attach.sock") if attach else None
 
@@ -245,6 +264,10 @@ class VmRuntime:
         if request.tty:
             raise InvalidArgument("exec -t is not supported in a VM yet (qemu-ga runs commands without a tty)",
                                   hint="use -i without -t, or `isobox console NAME`")
+        if image.disk:
+            from isobox.runtimes.vm import diskboot
+
+            return start_exec(run_dir(rec.id), diskboot.exec_argv(request), request.interactive)
         proc = guest_process(spec, image, request.command, request.env, request.workdir, request.user)
         proc.env["HOSTNAME"] = spec.hostname or rec.id[:12]
         return start_exec(run_dir(rec.id), specdisk.helper_argv(proc), request.interactive)

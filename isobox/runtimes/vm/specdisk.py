@@ -31,13 +31,23 @@ def helper_argv(proc: GuestProcess) -> list[str]:
             "--", *proc.argv]
 
 
+@dataclass
+class GuestNetwork:
+    address: str  # CIDR, e.g. 10.213.0.3/24
+    gateway: str
+    names: list[str]  # for the guest's /etc/hosts line
+
+
 def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
-                volumes: list[tuple[str, bool]] | None = None) -> str:
+                volumes: list[tuple[str, bool]] | None = None, net: GuestNetwork | None = None) -> str:
     """``volumes``: (target, readonly) in order; volume i has the virtio-fs tag ``vol<i>``."""
     lines = [
         f"ISOBOX_HOSTNAME={shlex.quote(hostname)}",
         f"ISOBOX_STDIN={1 if stdin else 0}",
     ]
+    if net is not None:
+        lines += [f"ISOBOX_NET_ADDR={shlex.quote(net.address)}", f"ISOBOX_NET_GW={shlex.quote(net.gateway)}",
+                  f"ISOBOX_NET_NAMES={shlex.quote(' '.join(net.names))}"]
     if volumes:
         lines.append("ISOBOX_VOLUMES=1")
         lines.append("volumes() {")

@@ -1,0 +1,1 @@
+"""isobox networks: bridges, addresses, DNS, published ports, isolation between networks."""
