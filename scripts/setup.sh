@@ -57,6 +57,29 @@ if [ ! -x "$pump_bin" ] || [ "$pump_src" -nt "$pump_bin" ]; then
     mv "$pump_bin.tmp" "$pump_bin"
 fi
 
+# isobox-runtime's launcher, in place of the console script pip writes: engines run it several
+# times per container (create, start, state, kill, delete), so it starts the interpreter with
+# -I -S (no site module: no .pth files, no site-packages scan; ~8 ms less per call), turns the
+# cycle collector off before the first import (a process of a few ms only pays for its passes)
+# and puts only isobox's own directory after the standard library on sys.path (isobox.oci imports
+# nothing else); cli.entry exits without the interpreter's finalization.
+launcher=.venv/bin/isobox-runtime
+isobox_dir="$(.venv/bin/python -c 'import isobox, os; print(repr(os.path.dirname(os.path.dirname(os.path.abspath(isobox.__file__)))))')"
+cat > "$launcher.tmp" <<EOF
+#!$(pwd)/.venv/bin/python3 -IS
+# Written by scripts/setup.sh (see there).
+import gc
+import sys
+
+gc.disable()
+sys.path.append($isobox_dir)
+from isobox.oci.cli import entry
+
+entry()
+EOF
+chmod 755 "$launcher.tmp"
+if cmp -s "$launcher.tmp" "$launcher"; then rm "$launcher.tmp"; else mv "$launcher.tmp" "$launcher"; fi
+
 # The VM level's guest kernel (Debian's linux-image-cloud-amd64) and qemu-guest-agent: fetched with
 # apt-get download into /var/cache/isobox/vm (never installed on the host) and the initramfs built;
 # idempotent, and isobox does the same on first use if this step was skipped.

@@ -7,16 +7,17 @@ accepted), so a container never silently runs with less isolation than its confi
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 
 from isobox.errors import InvalidArgument
+from isobox.oci import jsonio
+from isobox.oci.state import read_file
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.config import CapSets, ContainerConfig, DeviceNode, MountSpec, ProcessConfig
 
-# Plain classes rather than dataclasses, and no typing import: every engine call starts a new
-# process, and those imports cost more here than the whole container set-up (-X importtime).
+# Plain classes rather than dataclasses, no typing import, and JSON through jsonio: every engine
+# call starts a new process, and those imports cost more here than the whole container set-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -382,8 +383,7 @@ class Bundle:
 def load(bundle: str, container_id: str) -> Bundle:
     path = os.path.join(bundle, "config.json")
     try:
-        with open(path, "rb") as fh:
-            doc = json.load(fh)
+        doc = jsonio.loads(read_file(path))
     except FileNotFoundError as exc:
         raise InvalidArgument(f"{path}: no such file", hint="is --bundle the bundle directory?") from exc
     except ValueError as exc:

@@ -674,3 +674,26 @@ def test_v1_without_usable_hierarchies(v1: Callable[..., Layout]) -> None:
     with pytest.raises(RuntimeFailure, match="devices not available"):
         Cgroup.create(layout, "c1", Limits(), parent="isobox")
     assert _dirs_under(full.root) == []
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_str_paths_in_str_paths_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """detect() given str paths (the OCI runtime's way: no pathlib import) gives the same cgroup
+    with str paths throughout."""
+    root, mountinfo = make_v1_tree(tmp_path) if version == 1 else make_v2_tree(tmp_path)
+    kernel = FakeKernel(root, version) if version == 1 else FakeKernel(root, 2, {"v2": {}})
+    monkeypatch.setattr(cgroups, "_mkdir", kernel.mkdir)
+    monkeypatch.setattr(cgroups, "_rmdir", kernel.rmdir)
+    with_path, with_str = detect(root, mountinfo), detect(str(root), str(mountinfo))
+    assert (with_str.version, with_str.root, with_str.controllers) == (
+        with_path.version, str(with_path.root), with_path.controllers)
+    assert with_str.mounts == {name: str(path) for name, path in with_path.mounts.items()}
+    cg = Cgroup.create(with_str, "c1", Limits(memory=1 << 20, pids=5), parent="isobox")
+    files = [*cg.paths, *cg.procs_files(), *cg.self_join_files(), cg.oom_events_file()]
+    assert all(type(path) is str for path in files)
+    same = Cgroup.open(with_path, "c1", parent="isobox")
+    assert [str(path) for path in same.paths] == cg.paths
+    assert same.applied["pids.max"] == cg.applied["pids.max"] == "5"
+    assert leftovers(with_str, "isobox") == [str(path) for path in leftovers(with_path, "isobox")]
+    cg.destroy()
+    assert leftovers(with_path, "isobox") == []

@@ -7,11 +7,13 @@ in the forked child that becomes the container process; see ``apply`` for the or
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-from collections.abc import Iterable
 
 from isobox.errors import InvalidArgument
+
+TYPE_CHECKING = False  # (no typing/collections/functools imports: the OCI runtime's start-up path)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # include/uapi/linux/capability.h
 CAPS: dict[str, int] = {
@@ -128,14 +130,18 @@ def _validated(names: Iterable[str]) -> list[str]:
     return out
 
 
-@functools.cache
+_last_cap: list[int] = []  # what last_cap() read, once per process
+
+
 def last_cap() -> int:
     """The highest capability number the running kernel knows."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
-        return max(CAPS.values())
+    if not _last_cap:
+        try:
+            with open("/proc/sys/kernel/cap_last_cap") as f:
+                _last_cap.append(int(f.read()))
+        except OSError:
+            _last_cap.append(max(CAPS.values()))
+    return _last_cap[0]
 
 
 def all_caps() -> list[str]:

@@ -15,22 +15,28 @@ directory it made (including parent directories it had to make) before raising.
 Directories are made and removed through ``_mkdir``/``_rmdir``: on cgroupfs ``mkdir`` populates the
 interface files and ``rmdir`` removes a directory that still holds them, which plain file systems
 don't do; unit tests replace these two with a fake that does.
+
+Paths keep the type they are given: :func:`detect` with ``Path`` arguments (the default, and what
+the daemon uses) gives ``Path`` objects everywhere, with ``str`` arguments plain strings.  The
+OCI runtime, a new process per engine call, takes the latter: this module imports neither
+pathlib nor re, dataclasses, functools or signal on its start-up path (they cost more there
+than creating the cgroup).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import os
-import re
-import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from isobox.errors import InvalidArgument, NotFound, RuntimeFailure
-from isobox.runtimes.container import devfilter
+from isobox.runtimes.container.records import dataclass  # (no dataclasses import: records.py)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    StrPath = str | Path
 
 CPU_PERIOD_US = 100_000
 """CFS period (runc's and Docker's default): ``--cpus 0.5`` is a 50 ms quota every 100 ms."""
@@ -53,7 +59,10 @@ _KNOWN_V1 = frozenset(
 # A v1 limit reads as PAGE_COUNTER_MAX pages (9223372036854771712 on x86-64) when unlimited.
 _V1_UNLIMITED = 1 << 62
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:+=-]{0,254}")
+# A valid name: [A-Za-z0-9_][A-Za-z0-9_.@:+=-]{0,254}
+_NAME_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_REST = _NAME_FIRST | frozenset(".@:+=-")
+SIGKILL = 9  # (POSIX fixes it; the signal module would pull enum onto the OCI start-up path)
 
 _mkdir = os.mkdir
 _rmdir = os.rmdir
@@ -162,12 +171,12 @@ class Layout:
 
     version: int
     """1 (legacy or hybrid) or 2 (unified)."""
-    root: Path
-    mounts: dict[str, Path]
+    root: StrPath
+    mounts: dict[str, StrPath]
     """v1: controller -> hierarchy mount (co-mounted controllers share one); v2: ``{"unified": root}``."""
     controllers: frozenset[str]
 
-    def hierarchies(self, controllers: tuple[str, ...] | None = None) -> list[Path]:
+    def hierarchies(self, controllers: tuple[str, ...] | None = None) -> list[StrPath]:
         """Distinct hierarchy directories (of the given controllers, all by default), in order."""
         if self.version == 2:
             return [self.root]
@@ -177,24 +186,31 @@ class Layout:
 
 @dataclass(frozen=True)
 class _Mount:
-    point: Path
+    point: StrPath
     fstype: str
     options: frozenset[str]
 
 
-def detect(root: Path = Path("/sys/fs/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")) -> Layout:
+def detect(root: StrPath | None = None, mountinfo: StrPath | None = None) -> Layout:
     """Find the cgroup layout under ``root``.
 
     v2 when ``root`` itself is a cgroup2 mount; v1 when v1 hierarchies are mounted below it (a hybrid
     host's empty cgroup2 at ``root/unified`` is ignored: it carries no controllers). Mounts come from
     ``mountinfo``; if it can't be read or names nothing under ``root``, the tree itself is probed.
+    The defaults are ``Path("/sys/fs/cgroup")`` and ``Path("/proc/self/mountinfo")``.
     """
-    root = Path(os.path.abspath(root))
+    if root is None or mountinfo is None:
+        from pathlib import Path  # noqa: PLC0415 - see the module docstring
+
+        root = Path("/sys/fs/cgroup") if root is None else root
+        mountinfo = Path("/proc/self/mountinfo") if mountinfo is None else mountinfo
+    root = type(root)(os.path.abspath(root))
     try:
-        text = mountinfo.read_text()
+        with open(mountinfo) as f:
+            text = f.read()
     except OSError:
         text = ""
-    layout = _layout_from_mounts(root, _cgroup_mounts(text)) or _layout_from_tree(root)
+    layout = _layout_from_mounts(root, _cgroup_mounts(text, type(root))) or _layout_from_tree(root)
     if layout is None:
         raise RuntimeFailure(
             f"no cgroup file system found at {root}",
@@ -203,43 +219,68 @@ def detect(root: Path = Path("/sys/fs/cgroup"), mountinfo: Path = Path("/proc/se
     return layout
 
 
-@functools.cache
+_host_layout: list[Layout] = []
+
+
 def host_layout() -> Layout:
-    """The host's layout, detected on first use and cached for the life of the process."""
-    return detect()
+    """The host's layout (``Path`` based), detected on first use and cached for the life of the process."""
+    if not _host_layout:
+        _host_layout.append(detect())
+    return _host_layout[0]
+
+
+def _join(base: StrPath, *parts: str) -> StrPath:
+    """``base / part / ...``, of ``base``'s type (``Path`` or ``str``)."""
+    return os.path.join(base, *parts) if isinstance(base, str) else base.joinpath(*parts)
+
+
+def _is_below(path: StrPath, root: StrPath) -> bool:
+    """``root in Path(path).parents`` for normalized absolute paths."""
+    path, root = os.fspath(path), os.fspath(root)
+    return path != root and path.startswith(root.rstrip("/") + "/")
+
+
+def _depth(path: StrPath) -> int:
+    """``len(Path(path).parts)`` for a normalized absolute path."""
+    return 1 + sum(1 for part in os.fspath(path).split("/") if part)
 
 
 def _unescape(field_text: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo.
+    if "\\" not in field_text:
+        return field_text
+    import re  # noqa: PLC0415 - see the module docstring
+
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_text)
 
 
-def _cgroup_mounts(text: str) -> list[_Mount]:
+def _cgroup_mounts(text: str, kind: type[StrPath]) -> list[_Mount]:
     mounts = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
             continue
-        point = Path(_unescape(fields[4]))
+        point = kind(_unescape(fields[4]))
         mounts.append(_Mount(point, tail[0], frozenset(tail[2].split(","))))
     return mounts
 
 
-def _read_controllers(path: Path) -> frozenset[str]:
+def _read_controllers(path: StrPath) -> frozenset[str]:
     try:
-        return frozenset(path.read_text().split())
+        with open(path) as f:
+            return frozenset(f.read().split())
     except OSError:
         return frozenset()
 
 
-def _layout_from_mounts(root: Path, mounts: list[_Mount]) -> Layout | None:
+def _layout_from_mounts(root: StrPath, mounts: list[_Mount]) -> Layout | None:
     if any(m.fstype == "cgroup2" and m.point == root for m in mounts):
         return _v2_layout(root)
-    found: dict[str, Path] = {}
+    found: dict[str, StrPath] = {}
     # Prefer a hierarchy's mount right below root over another mount of the same hierarchy elsewhere.
-    for mount in sorted(mounts, key=lambda m: len(m.point.parts)):
-        if mount.fstype != "cgroup" or root not in mount.point.parents:
+    for mount in sorted(mounts, key=lambda m: _depth(m.point)):
+        if mount.fstype != "cgroup" or not _is_below(mount.point, root):
             continue
         for controller in sorted(mount.options & _KNOWN_V1):
             found.setdefault(controller, mount.point)
@@ -248,18 +289,18 @@ def _layout_from_mounts(root: Path, mounts: list[_Mount]) -> Layout | None:
     return Layout(1, root, found, frozenset(found))
 
 
-def _layout_from_tree(root: Path) -> Layout | None:
-    if (root / "cgroup.controllers").is_file():
+def _layout_from_tree(root: StrPath) -> Layout | None:
+    if os.path.isfile(_join(root, "cgroup.controllers")):
         return _v2_layout(root)
-    found: dict[str, Path] = {}
+    found: dict[str, StrPath] = {}
     try:
         # Real directories first, so 'cpu' -> 'cpu,cpuacct' symlinks map to the combined mount.
         entries = sorted(os.scandir(root), key=lambda e: (e.is_symlink(), e.name))
     except OSError:
         return None
     for entry in entries:
-        path = Path(entry.path)
-        if not (path / "cgroup.procs").is_file():
+        path = type(root)(entry.path)
+        if not os.path.isfile(_join(path, "cgroup.procs")):
             continue
         for controller in entry.name.split(","):
             if controller in _KNOWN_V1:
@@ -269,8 +310,8 @@ def _layout_from_tree(root: Path) -> Layout | None:
     return Layout(1, root, found, frozenset(found))
 
 
-def _v2_layout(root: Path) -> Layout:
-    return Layout(2, root, {"unified": root}, _read_controllers(root / "cgroup.controllers"))
+def _v2_layout(root: StrPath) -> Layout:
+    return Layout(2, root, {"unified": root}, _read_controllers(_join(root, "cgroup.controllers")))
 
 
 # --- file helpers --------------------------------------------------------------------------------
@@ -288,14 +329,14 @@ _HINTS = {
 }
 
 
-def _failure(action: str, path: Path, exc: OSError, hints: dict[int, str] | None = None) -> RuntimeFailure:
+def _failure(action: str, path: StrPath, exc: OSError, hints: dict[int, str] | None = None) -> RuntimeFailure:
     code = exc.errno or 0
     name = errno.errorcode.get(code, str(code))
     hint = (hints or {}).get(code) or _HINTS.get(code)
     return RuntimeFailure(f"cannot {action} {path}: {os.strerror(code)} [{name}]", hint=hint)
 
 
-def _write(path: Path, value: str, hints: dict[int, str] | None = None) -> None:
+def _write(path: StrPath, value: str, hints: dict[int, str] | None = None) -> None:
     """Write one value to one cgroup interface file (one write(2), as the kernel wants)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
@@ -307,7 +348,7 @@ def _write(path: Path, value: str, hints: dict[int, str] | None = None) -> None:
         raise _failure(f"write {value!r} to", path, exc, hints) from exc
 
 
-def _read(path: Path) -> str:
+def _read(path: StrPath) -> str:
     try:
         with open(path) as f:
             return f.read()
@@ -315,7 +356,7 @@ def _read(path: Path) -> str:
         raise _failure("read", path, exc) from exc
 
 
-def _read_optional(path: Path) -> str | None:
+def _read_optional(path: StrPath) -> str | None:
     """Read a file that older kernels or a disabled controller may not have."""
     try:
         with open(path) as f:
@@ -347,7 +388,8 @@ def _limit(text: str | None) -> int | None:
 
 
 def _check_name(name: str, what: str = "cgroup name") -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not (
+            0 < len(name) <= 255 and name[0] in _NAME_FIRST and all(c in _NAME_REST for c in name)):
         raise InvalidArgument(
             f"invalid {what} {name!r}",
             hint="use letters, digits and '_ . @ : + = -', start with a letter, digit or '_', "
@@ -367,11 +409,11 @@ def _parent_parts(parent: str | None) -> tuple[str, ...]:
     return parts
 
 
-def _make_ancestors(base: Path, parts: tuple[str, ...], created: list[Path]) -> None:
+def _make_ancestors(base: StrPath, parts: tuple[str, ...], created: list[StrPath]) -> None:
     """mkdir base/parts[0], base/parts[0]/parts[1], ... as needed, recording what was made."""
     path = base
     for part in parts:
-        path = path / part
+        path = _join(path, part)
         try:
             _mkdir(path)
         except FileExistsError:
@@ -388,20 +430,20 @@ _SUBTREE_HINTS = {
 }
 
 
-def _enable_controllers(root: Path, parts: tuple[str, ...], wanted: list[str]) -> None:
+def _enable_controllers(root: StrPath, parts: tuple[str, ...], wanted: list[str]) -> None:
     """Enable ``wanted`` in cgroup.subtree_control from the root down to the parent (v2).
 
     Enabling is additive and stays when a later step fails: harmless, and other cgroups may rely on it.
     """
     for depth in range(len(parts) + 1):
-        control = root.joinpath(*parts[:depth], "cgroup.subtree_control")
+        control = _join(root, *parts[:depth], "cgroup.subtree_control")
         enabled = set(_read(control).replace("+", " ").split())
         missing = [c for c in wanted if c not in enabled]
         if missing:
             _write(control, " ".join("+" + c for c in missing), _SUBTREE_HINTS)
 
 
-def _make_leaf(path: Path, created: list[Path]) -> None:
+def _make_leaf(path: StrPath, created: list[StrPath]) -> None:
     try:
         _mkdir(path)
     except OSError as exc:
@@ -409,11 +451,13 @@ def _make_leaf(path: Path, created: list[Path]) -> None:
     created.append(path)
 
 
-def _remove_quietly(paths: list[Path]) -> None:
+def _remove_quietly(paths: list[StrPath]) -> None:
     # A parent another container started using meanwhile (EBUSY) or one already gone is fine.
     for path in reversed(paths):
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
             _rmdir(path)
+        except OSError:
+            pass
 
 
 # --- the cgroup ----------------------------------------------------------------------------------
@@ -427,7 +471,7 @@ class Cgroup:
         layout: Layout,
         name: str,
         parent: tuple[str, ...],
-        dirs: dict[str, Path],
+        dirs: dict[str, StrPath],
         applied: dict[str, object] | None = None,
         warnings: list[str] | None = None,
     ) -> None:
@@ -442,7 +486,7 @@ class Cgroup:
         return f"Cgroup(v{self.layout.version}, {self.parent}/{self.name})"
 
     @property
-    def paths(self) -> list[Path]:
+    def paths(self) -> list[StrPath]:
         """Every directory this cgroup owns (co-mounted v1 controllers share one)."""
         return list(dict.fromkeys(self._dirs.values()))
 
@@ -455,7 +499,7 @@ class Cgroup:
         parts = _parent_parts(parent)
         limits.validate()
         _require_controllers(layout, limits)
-        created: list[Path] = []
+        created: list[StrPath] = []
         try:
             if layout.version == 2:
                 return cls._create_v2(layout, name, parts, limits, created)
@@ -466,16 +510,16 @@ class Cgroup:
 
     @classmethod
     def _create_v1(
-        cls, layout: Layout, name: str, parts: tuple[str, ...], limits: Limits, created: list[Path]
+        cls, layout: Layout, name: str, parts: tuple[str, ...], limits: Limits, created: list[StrPath]
     ) -> Cgroup:
-        dirs = {c: layout.mounts[c].joinpath(*parts, name) for c in V1_CONTROLLERS if c in layout.mounts}
+        dirs = {c: _join(layout.mounts[c], *parts, name) for c in V1_CONTROLLERS if c in layout.mounts}
         if not dirs:
             raise RuntimeFailure(
                 f"none of the cgroup v1 controllers {', '.join(V1_CONTROLLERS)} is mounted under {layout.root}",
                 hint="mount them (most distributions do), or boot with cgroup v2",
             )
         for hierarchy in layout.hierarchies(V1_CONTROLLERS):
-            leaf = hierarchy.joinpath(*parts, name)
+            leaf = _join(hierarchy, *parts, name)
             try:
                 _mkdir(leaf)
             except FileNotFoundError:
@@ -504,22 +548,22 @@ class Cgroup:
             cgroup._put("devices", "devices.deny", "a")
             allowed = [str(rule) for rule in limits.devices]
             for rule in allowed:
-                _write(dirs["devices"] / "devices.allow", rule)
+                _write(_join(dirs["devices"], "devices.allow"), rule)
             cgroup.applied["devices.allow"] = allowed
         return cgroup
 
     @classmethod
     def _create_v2(
-        cls, layout: Layout, name: str, parts: tuple[str, ...], limits: Limits, created: list[Path]
+        cls, layout: Layout, name: str, parts: tuple[str, ...], limits: Limits, created: list[StrPath]
     ) -> Cgroup:
-        parent_dir = layout.root.joinpath(*parts)
+        parent_dir = _join(layout.root, *parts)
         wanted = [c for c in V2_CONTROLLERS if c in layout.controllers]
-        enabled = _read_optional(parent_dir / "cgroup.subtree_control")
+        enabled = _read_optional(_join(parent_dir, "cgroup.subtree_control"))
         if enabled is None:
             _make_ancestors(layout.root, parts, created)
         if set(wanted) - set((enabled or "").replace("+", " ").split()):
             _enable_controllers(layout.root, parts, wanted)
-        leaf = parent_dir / name
+        leaf = _join(parent_dir, name)
         _make_leaf(leaf, created)
 
         cgroup = cls(layout, name, parts, {"unified": leaf}, {"version": 2})
@@ -536,6 +580,8 @@ class Cgroup:
         if not limits.devices_unrestricted:
             # v2 has no devices.allow: device access is checked by a BPF_PROG_TYPE_CGROUP_DEVICE
             # program attached to the cgroup (devfilter.py, as runc and crun do).
+            from isobox.runtimes.container import devfilter  # noqa: PLC0415 - only v2 needs it
+
             if devfilter.is_cgroup2(str(leaf)):
                 rules = [(r.kind, r.major, r.minor, r.access) for r in limits.devices]
                 devfilter.attach(str(leaf), devfilter.program(rules))
@@ -548,8 +594,8 @@ class Cgroup:
         return cgroup
 
     def _put(self, controller: str, filename: str, value: str, optional: bool = False) -> None:
-        path = self._dirs[controller] / filename
-        if optional and not path.exists():
+        path = _join(self._dirs[controller], filename)
+        if optional and not os.path.exists(path):
             return
         _write(path, value)
         self.applied[filename] = value
@@ -562,12 +608,12 @@ class Cgroup:
         _check_name(name)
         parts = _parent_parts(parent)
         if layout.version == 2:
-            candidates = {"unified": layout.root.joinpath(*parts, name)}
+            candidates = {"unified": _join(layout.root, *parts, name)}
         else:
             candidates = {
-                c: layout.mounts[c].joinpath(*parts, name) for c in V1_CONTROLLERS if c in layout.mounts
+                c: _join(layout.mounts[c], *parts, name) for c in V1_CONTROLLERS if c in layout.mounts
             }
-        dirs = {c: d for c, d in candidates.items() if d.is_dir()}
+        dirs = {c: d for c, d in candidates.items() if os.path.isdir(d)}
         if not dirs:
             raise NotFound(f"no cgroup {'/'.join(parts)}/{name}", hint="the container's cgroup is gone")
         cgroup = cls(layout, name, parts, dirs, {"version": layout.version})
@@ -588,22 +634,22 @@ class Cgroup:
         values: dict[str, object] = {}
         for controller, filename in files:
             if controller in self._dirs:
-                text = _read_optional(self._dirs[controller] / filename)
+                text = _read_optional(_join(self._dirs[controller], filename))
                 if text is not None:
                     values[filename] = text.strip()
         if "devices" in self._dirs:
-            text = _read_optional(self._dirs["devices"] / "devices.list")
+            text = _read_optional(_join(self._dirs["devices"], "devices.list"))
             if text is not None:
                 values["devices.list"] = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
         return values
 
     # -- processes -------------------------------------------------------------------------------
 
-    def procs_files(self) -> list[Path]:
+    def procs_files(self) -> list[StrPath]:
         """The cgroup.procs to write a pid into: one per v1 hierarchy, one on v2."""
-        return [path / "cgroup.procs" for path in self.paths]
+        return [_join(path, "cgroup.procs") for path in self.paths]
 
-    def self_join_files(self) -> list[Path]:
+    def self_join_files(self) -> list[StrPath]:
         """Files a single-threaded process writes "0" into to move itself into this cgroup.
 
         On v1 that is ``tasks``: migrating the current thread alone skips the global
@@ -612,7 +658,7 @@ class Cgroup:
         """
         if self.layout.version == 2:
             return self.procs_files()
-        return [path.with_name("tasks") for path in self.procs_files()]
+        return [_join(path, "tasks") for path in self.paths]
 
     def join(self, pid: int = 0) -> None:
         """Move process ``pid`` (0: the caller) with all its threads into this cgroup."""
@@ -628,34 +674,36 @@ class Cgroup:
             found.update(int(line) for line in (text or "").split())
         return sorted(found)
 
-    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+    def kill_all(self, sig: int = SIGKILL) -> None:
         """Send ``sig`` to every process in the cgroup.
 
         SIGKILL uses v2's cgroup.kill when the kernel has it (5.14+), which cannot miss a process
         forked meanwhile. Otherwise the cgroup is frozen while the pids are read and signalled, then
         thawed (runc does the same), so a fork bomb can't outrun the loop.
         """
-        if sig == signal.SIGKILL and self.layout.version == 2:
-            kill_file = self._dirs["unified"] / "cgroup.kill"
-            if kill_file.exists():
+        if sig == SIGKILL and self.layout.version == 2:
+            kill_file = _join(self._dirs["unified"], "cgroup.kill")
+            if os.path.exists(kill_file):
                 _write(kill_file, "1")
                 return
-        frozen = sig == signal.SIGKILL and self._freeze()
+        frozen = sig == SIGKILL and self._freeze()
         try:
             for pid in self.pids():
-                with contextlib.suppress(ProcessLookupError):
+                try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
                     os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         finally:
             if frozen:
                 self._thaw()
 
-    def _freezer_file(self) -> tuple[Path, str, str] | None:
+    def _freezer_file(self) -> tuple[StrPath, str, str] | None:
         if self.layout.version == 1:
             if "freezer" not in self._dirs:
                 return None
-            return self._dirs["freezer"] / "freezer.state", "FROZEN", "THAWED"
-        path = self._dirs["unified"] / "cgroup.freeze"
-        return (path, "1", "0") if path.exists() else None
+            return _join(self._dirs["freezer"], "freezer.state"), "FROZEN", "THAWED"
+        path = _join(self._dirs["unified"], "cgroup.freeze")
+        return (path, "1", "0") if os.path.exists(path) else None
 
     def _freeze(self, timeout: float = 1.0) -> bool:
         freezer = self._freezer_file()
@@ -672,8 +720,8 @@ class Cgroup:
 
     def _is_frozen(self) -> bool:
         if self.layout.version == 1:
-            return _read(self._dirs["freezer"] / "freezer.state").strip() == "FROZEN"
-        return _keyed(_read(self._dirs["unified"] / "cgroup.events")).get("frozen") == 1
+            return _read(_join(self._dirs["freezer"], "freezer.state")).strip() == "FROZEN"
+        return _keyed(_read(_join(self._dirs["unified"], "cgroup.events"))).get("frozen") == 1
 
     def _thaw(self) -> None:
         freezer = self._freezer_file()
@@ -700,17 +748,17 @@ class Cgroup:
         stats: dict[str, int | None] = {"memory_usage": 0, "memory_limit": None, "memory_max_usage": None}
         memory = self._dirs.get("memory")
         if memory is not None:
-            usage = int(_read(memory / "memory.usage_in_bytes"))
-            inactive = _keyed(_read(memory / "memory.stat")).get("total_inactive_file", 0)
+            usage = int(_read(_join(memory, "memory.usage_in_bytes")))
+            inactive = _keyed(_read(_join(memory, "memory.stat"))).get("total_inactive_file", 0)
             stats["memory_usage"] = max(0, usage - inactive)
-            stats["memory_limit"] = _limit(_read(memory / "memory.limit_in_bytes"))
-            stats["memory_max_usage"] = int(_read(memory / "memory.max_usage_in_bytes"))
+            stats["memory_limit"] = _limit(_read(_join(memory, "memory.limit_in_bytes")))
+            stats["memory_max_usage"] = int(_read(_join(memory, "memory.max_usage_in_bytes")))
         cpuacct = self._dirs.get("cpuacct")
-        stats["cpu_usage_ns"] = int(_read(cpuacct / "cpuacct.usage")) if cpuacct is not None else 0
+        stats["cpu_usage_ns"] = int(_read(_join(cpuacct, "cpuacct.usage"))) if cpuacct is not None else 0
         pids = self._dirs.get("pids")
         if pids is not None:
-            stats["pids_current"] = int(_read(pids / "pids.current"))
-            stats["pids_limit"] = _limit(_read(pids / "pids.max"))
+            stats["pids_current"] = int(_read(_join(pids, "pids.current")))
+            stats["pids_limit"] = _limit(_read(_join(pids, "pids.max")))
         else:
             stats["pids_current"], stats["pids_limit"] = len(self.pids()), None
         return stats
@@ -718,28 +766,28 @@ class Cgroup:
     def _stats_v2(self) -> dict[str, int | None]:
         d = self._dirs["unified"]
         stats: dict[str, int | None] = {"memory_usage": 0, "memory_limit": None, "memory_max_usage": None}
-        current = _read_optional(d / "memory.current")  # absent when memory isn't enabled here
+        current = _read_optional(_join(d, "memory.current"))  # absent when memory isn't enabled here
         if current is not None:
-            inactive = _keyed(_read(d / "memory.stat")).get("inactive_file", 0)
+            inactive = _keyed(_read(_join(d, "memory.stat"))).get("inactive_file", 0)
             stats["memory_usage"] = max(0, int(current) - inactive)
-            stats["memory_limit"] = _limit(_read(d / "memory.max"))
-            peak = _read_optional(d / "memory.peak")
+            stats["memory_limit"] = _limit(_read(_join(d, "memory.max")))
+            peak = _read_optional(_join(d, "memory.peak"))
             stats["memory_max_usage"] = int(peak) if peak is not None else None
         # cpu.stat's usage_usec is core accounting, present with or without the cpu controller.
-        stats["cpu_usage_ns"] = _keyed(_read(d / "cpu.stat")).get("usage_usec", 0) * 1000
-        current_pids = _read_optional(d / "pids.current")
+        stats["cpu_usage_ns"] = _keyed(_read(_join(d, "cpu.stat"))).get("usage_usec", 0) * 1000
+        current_pids = _read_optional(_join(d, "pids.current"))
         if current_pids is not None:
             stats["pids_current"] = int(current_pids)
-            stats["pids_limit"] = _limit(_read(d / "pids.max"))
+            stats["pids_limit"] = _limit(_read(_join(d, "pids.max")))
         else:
             stats["pids_current"], stats["pids_limit"] = len(self.pids()), None
         return stats
 
-    def oom_events_file(self) -> Path | None:
+    def oom_events_file(self) -> StrPath | None:
         """The file whose ``oom_kill`` counter ``oom_killed`` reads (for the C pump)."""
         if self.layout.version == 2:
-            return self._dirs["unified"] / "memory.events"
-        return self._dirs["memory"] / "memory.oom_control" if "memory" in self._dirs else None
+            return _join(self._dirs["unified"], "memory.events")
+        return _join(self._dirs["memory"], "memory.oom_control") if "memory" in self._dirs else None
 
     def oom_killed(self) -> bool:
         """Whether the OOM killer killed a process of this cgroup.
@@ -748,9 +796,9 @@ class Cgroup:
         memory.failcnt counts limit hits that reclaim resolved, not kills). v2 reads memory.events.
         """
         if self.layout.version == 2:
-            events = _read_optional(self._dirs["unified"] / "memory.events")
+            events = _read_optional(_join(self._dirs["unified"], "memory.events"))
         elif "memory" in self._dirs:
-            events = _read(self._dirs["memory"] / "memory.oom_control")
+            events = _read(_join(self._dirs["memory"], "memory.oom_control"))
         else:
             return False
         return _keyed(events).get("oom_kill", 0) > 0
@@ -763,7 +811,7 @@ class Cgroup:
         Missing directories are fine, so this is idempotent. Parent directories are shared and stay.
         """
         deadline = time.monotonic() + timeout
-        failures: list[tuple[Path, OSError]] = []
+        failures: list[tuple[StrPath, OSError]] = []
         for path in self.paths:
             delay = 0.0005
             while True:
@@ -803,14 +851,14 @@ def _require_controllers(layout: Layout, limits: Limits) -> None:
         )
 
 
-def leftovers(layout: Layout, parent: str | None = None) -> list[Path]:
+def leftovers(layout: Layout, parent: str | None = None) -> list[StrPath]:
     """Child cgroup directories under ``parent`` in every hierarchy."""
     parts = _parent_parts(parent)
-    found: list[Path] = []
+    found: list[StrPath] = []
     for hierarchy in layout.hierarchies():
         try:
-            entries = list(os.scandir(hierarchy.joinpath(*parts)))
+            entries = list(os.scandir(_join(hierarchy, *parts)))
         except (FileNotFoundError, NotADirectoryError):
             continue
-        found.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+        found.extend(type(hierarchy)(e.path) for e in entries if e.is_dir(follow_symlinks=False))
     return sorted(found)

@@ -6,7 +6,8 @@ start path.  Everything a user could get wrong has been validated before this ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+# dataclasses' semantics without the import cost on isobox-runtime's start-up path (records.py)
+from isobox.runtimes.container.records import dataclass, field
 
 TYPE_CHECKING = False  # (not typing's: the OCI runtime imports this module on its start-up path)
 if TYPE_CHECKING:

@@ -6,16 +6,19 @@ the container's first process and for ``exec``), so ``/etc/passwd`` is the image
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings  # noqa: F401 - os.execvpe imports it: here, before pivot_root takes the stdlib away
 
 from isobox.errors import EXIT_CANNOT_INVOKE, EXIT_NOT_FOUND, InvalidArgument
 from isobox.runtimes.container import caps as capabilities
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.config import CapSets, ProcessConfig
+from isobox.runtimes.container.records import dataclass  # (no dataclasses import: records.py)
+
+TYPE_CHECKING = False  # (nor typing's, nor contextlib: the OCI runtime's start-up path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass
@@ -83,8 +86,10 @@ def apply_cap_sets(sets: CapSets) -> None:
     for name in sets.ambient:
         # As runc: an ambient capability that is not also inheritable cannot be raised (EPERM);
         # that is not an error, the set just stays without it.
-        with contextlib.suppress(PermissionError):
+        try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
             capabilities.ambient_raise(capabilities.CAPS[name])
+        except PermissionError:
+            pass
 
 
 def prepare_env(proc: ProcessConfig, ident: Identity, hostname: str | None) -> dict[str, str]:
@@ -103,9 +108,7 @@ def become(proc: ProcessConfig, ident: Identity) -> None:
     early_seccomp = proc.seccomp_bpf is not None and not proc.no_new_privs
     if early_seccomp:
         # Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
-        from isobox.runtimes.container import seccomp  # noqa: PLC0415 - the OCI runtime's start-up path
-
-        seccomp.install(proc.seccomp_bpf)  # type: ignore[arg-type]
+        sc.install_seccomp(proc.seccomp_bpf)  # type: ignore[arg-type]
     for which, soft, hard in proc.rlimits:
         resource.setrlimit(which, (soft, hard))
     capabilities.keep_caps_across_setuid()
@@ -129,9 +132,7 @@ def exec_workload(proc: ProcessConfig, env: dict[str, str], keep_fds: tuple[int,
     """exec; returns only on failure, with Docker's exit code and message."""
     sc.close_range_from(3, keep_fds)
     if proc.seccomp_bpf is not None and proc.no_new_privs:
-        from isobox.runtimes.container import seccomp  # noqa: PLC0415 - the OCI runtime's start-up path
-
-        seccomp.install(proc.seccomp_bpf)
+        sc.install_seccomp(proc.seccomp_bpf)
     argv = proc.argv
     try:
         os.execvpe(argv[0], argv, env)

@@ -8,7 +8,6 @@ in the image or a previous run's upper layer can never redirect a mount onto the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -285,8 +284,10 @@ def make_devices(root: _Root, nodes: tuple[DeviceNode, ...], defaults: bool) -> 
         dev = sc.open_in_root(root.fd, "/dev", os.O_DIRECTORY | os.O_RDONLY)
         try:
             for name, target in DEV_LINKS:
-                with contextlib.suppress(FileExistsError):
+                try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
                     os.symlink(target, name, dir_fd=dev)
+                except FileExistsError:
+                    pass
         finally:
             os.close(dev)
 

@@ -34,6 +34,11 @@ from isobox.runtimes.container.seccomp_profile import (
 )
 from isobox.runtimes.container.seccomp_profile import default_profile as _default_profile
 
+# install lives in syscalls.py: the forked child loads a program without importing this module.
+from isobox.runtimes.container.syscalls import BPF_MAXINSNS
+from isobox.runtimes.container.syscalls import SOCK_FILTER_SIZE as _SOCK_FILTER_SIZE
+from isobox.runtimes.container.syscalls import install_seccomp as install
+
 __all__ = [
     "DEFAULT_ERRNO",
     "Action",
@@ -85,11 +90,6 @@ COMPAT_ARCHES = {
 # Docker's names for architectures in "includes"/"excludes" (Go's GOARCH, mostly).
 _DOCKER_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "x86": "386", "ppc64le": "ppc64le"}
 _MACHINE_ARCH = {"i386": "x86", "i686": "x86", "armv7l": "arm", "armv8l": "arm", "arm64": "aarch64"}
-
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-BPF_MAXINSNS = 4096
-_SOCK_FILTER_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 
 
 # --- libseccomp binding ------------------------------------------------------------------------
@@ -380,38 +380,8 @@ def allowlist_size(profile: Profile, caps: Iterable[str]) -> int:
 # --- loading -----------------------------------------------------------------------------------
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
-
-
 libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
-libc.prctl.restype = ctypes.c_int
 libc.free.argtypes, libc.free.restype = (ctypes.c_void_p,), None
-
-
-def install(bpf: bytes) -> None:
-    """Load ``bpf`` (from ``compile_bpf``) as a seccomp filter on the calling thread.
-
-    Meant for the single-threaded forked child: the filter applies to this thread and what it
-    execs, and other threads would escape it.  The kernel requires no_new_privs to be set or
-    CAP_SYS_ADMIN in the effective set (so that a filter cannot fool a setuid binary).
-    """
-    count, rest = divmod(len(bpf), _SOCK_FILTER_SIZE)
-    if rest or not 0 < count <= BPF_MAXINSNS:
-        raise InvalidArgument(f"not a seccomp BPF program: {len(bpf)} bytes")
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0) < 0:
-        err = ctypes.get_errno()
-        hint = None
-        if err == errno.EACCES:
-            hint = "set no_new_privs first, or load the filter while holding CAP_SYS_ADMIN"
-        elif err == errno.EINVAL:
-            hint = "the kernel rejected the program, or was built without CONFIG_SECCOMP_FILTER"
-        raise RuntimeFailure(f"loading the seccomp filter: {os.strerror(err)}", hint=hint) from OSError(
-            err, os.strerror(err)
-        )
 
 
 # --- JSON profiles -----------------------------------------------------------------------------

@@ -8,13 +8,14 @@ A module of its own so that the OCI runtime, a fresh process per call, imports o
 from __future__ import annotations
 
 import os
-import socket
 
 from isobox.runtimes.container import rootfs
 from isobox.runtimes.container import syscalls as sc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket  # (only for annotations: its import costs ms on the OCI runtime's start-up path)
+
     from isobox.runtimes.container.config import ContainerConfig
 
 
@@ -40,7 +41,7 @@ def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int
     if namespaces:
         sc.unshare(namespaces)
     if cfg.hostname:
-        socket.sethostname(cfg.hostname)
+        sc.sethostname(cfg.hostname)
     if cfg.host_network:
         if host_net is None:
             raise RuntimeError("no handle on the host's network namespace for --network host")

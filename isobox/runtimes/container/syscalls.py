@@ -7,13 +7,13 @@ a failing call raises ``OSError`` with its errno, so callers can explain known e
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import os
-import socket
 import struct
+
+from isobox.errors import InvalidArgument, RuntimeFailure
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -47,6 +47,12 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+
+# <linux/seccomp.h>, <linux/filter.h>
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+BPF_MAXINSNS = 4096
+SOCK_FILTER_SIZE = 8  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
 
 # <linux/openat2.h>
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -185,8 +191,10 @@ def detach_mounts_under(root: str) -> None:
     except OSError:
         return
     for point in sorted(points, key=len, reverse=True):
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
             umount2(point, MNT_DETACH)
+        except OSError:
+            pass
 
 
 def fd_path(fd: int) -> str:
@@ -224,13 +232,56 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def install_seccomp(bpf: bytes) -> None:
+    """Load ``bpf`` (from ``seccomp.compile_bpf``) as a seccomp filter on the calling thread.
+
+    Meant for the single-threaded forked child: the filter applies to this thread and what it
+    execs, and other threads would escape it.  The kernel requires no_new_privs to be set or
+    CAP_SYS_ADMIN in the effective set (so that a filter cannot fool a setuid binary).  (Here
+    rather than in seccomp.py, whose libseccomp binding the child has no use for.)
+    """
+    count, rest = divmod(len(bpf), SOCK_FILTER_SIZE)
+    if rest or not 0 < count <= BPF_MAXINSNS:
+        raise InvalidArgument(f"not a seccomp BPF program: {len(bpf)} bytes")
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+    if libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
+                  ctypes.c_ulong(ctypes.addressof(prog)), ctypes.c_ulong(0), ctypes.c_ulong(0)) < 0:
+        err = ctypes.get_errno()
+        hint = None
+        if err == errno.EACCES:
+            hint = "set no_new_privs first, or load the filter while holding CAP_SYS_ADMIN"
+        elif err == errno.EINVAL:
+            hint = "the kernel rejected the program, or was built without CONFIG_SECCOMP_FILTER"
+        raise RuntimeFailure(f"loading the seccomp filter: {os.strerror(err)}", hint=hint) from OSError(
+            err, os.strerror(err)
+        )
+
+
+def sethostname(name: str) -> None:
+    data = os.fsencode(name)
+    _check(libc.sethostname(data, ctypes.c_size_t(len(data))), "sethostname")
+
+
 def loopback_up() -> None:
-    """Bring ``lo`` up in a new network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS, no netlink needed)."""
+    """Bring ``lo`` up in a new network namespace (SIOCGIFFLAGS/SIOCSIFFLAGS, no netlink needed).
+
+    The socket comes from libc rather than the socket module: importing that (and the enum
+    module it needs) costs more than this whole function on the OCI runtime's start-up path.
+    """
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    af_inet, sock_dgram, sock_cloexec = 2, 2, 0o2000000
+    sock = _check(libc.socket(af_inet, sock_dgram | sock_cloexec, 0), "socket")
+    try:
         req = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), siocgifflags, req))[1]
-        fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, siocgifflags, req))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+    finally:
+        os.close(sock)
 
 
 def explain(exc: OSError) -> str:
