@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import secrets
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,7 @@ DEFAULT_BRIDGE = "isobox0"
 # Not Docker's (172.17.0.0/16, 172.18-31.x, 192.168.x) nor Podman's (10.88.0.0/16, 10.89.x.0/24).
 DEFAULT_SUBNET = "10.213.0.0/24"
 ALIASES = ("default", "bridge", DEFAULT_NETWORK)
+log = logging.getLogger("isobox.net")
 BRIDGE_PREFIX = "isobox"
 
 
@@ -94,6 +97,8 @@ class NetworkManager:
         self._lock = threading.RLock()
         self._rules_applied = False  # by this process: the table may predate it, or not exist
         self._bridges: dict[str, int] = {}  # bridges this process has ensured: name -> ifindex
+        self._dns_up: set[str] = set()  # networks whose dnsmasq this process has seen running
+        self._dns_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dns")
         with contextlib.suppress(Conflict):
             self._add(DEFAULT_NETWORK, DEFAULT_BRIDGE, parse_subnet(default_subnet()), internal=False)
 
@@ -158,6 +163,7 @@ class NetworkManager:
             dns.stop(net.name)
             links.delete(net.bridge)
             self._bridges.pop(net.name, None)
+            self._dns_up.discard(net.name)
             self._apply_rules()
         return net.name
 
@@ -176,8 +182,12 @@ class NetworkManager:
             try:
                 if kind == "tap":
                     links.add_tap(lease.link, index)
-                dns.ensure(net.name, net.bridge, net.gateway, net.subnet)
-                self._write_hosts(net.name)
+                if net.name in self._dns_up:
+                    # Off the start's path (~1 ms): the name is served a moment after the workload
+                    # starts, rendered from the store, so a later change can never be overtaken.
+                    self._dns_worker.submit(self._refresh_dns, net, False)
+                else:
+                    self._refresh_dns(net, True)  # the first time: a dnsmasq that cannot start fails the start
                 if resolved or not self._rules_applied:
                     self._apply_rules()
             except BaseException:
@@ -241,6 +251,18 @@ class NetworkManager:
             self._apply_rules()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _refresh_dns(self, net: NetworkRecord, raise_errors: bool) -> None:
+        try:
+            dns.ensure(net.name, net.bridge, net.gateway, net.subnet)
+            self._write_hosts(net.name)
+        except (IsoboxError, OSError) as exc:
+            self._dns_up.discard(net.name)  # the next start checks it again, synchronously
+            if raise_errors:
+                raise
+            log.warning("DNS of network %s not refreshed: %s", net.name, exc)
+        else:
+            self._dns_up.add(net.name)
 
     def _write_hosts(self, network: str) -> None:
         dns.write_hosts(network, [(lease.address, lease.hostnames, lease.mac) for lease in self.db.leases(network)])
