@@ -15,6 +15,9 @@ isobox system info
 step "isobox image build busybox"
 isobox image build busybox
 
+# Idempotent: a demo interrupted earlier may have left its workloads behind.
+isobox rm -f isobox-demo isobox-demo-bg isobox-demo-web >/dev/null 2>&1 || true
+
 step "isobox run --rm busybox: the workload, from inside its container"
 start=$(date +%s%N)
 isobox run --rm --name isobox-demo --memory 64m --hostname demo busybox sh -c '
@@ -36,6 +39,15 @@ isobox logs isobox-demo-bg
 isobox stop -t 1 isobox-demo-bg
 isobox rm isobox-demo-bg
 echo "removed $id"
+
+step "networks: a web server, reached by name from another container and from the host through -p"
+isobox run -d --name isobox-demo-web -p 80 busybox httpd -f -p 80 -h /etc >/dev/null
+hostport=$(isobox port isobox-demo-web 80 | cut -d: -f2)
+echo "published: $(isobox port isobox-demo-web)"
+isobox run --rm busybox sh -c 'echo "from a container, by name:"; wget -qO- http://isobox-demo-web/hosts'
+echo "from the host, 127.0.0.1:$hostport:"
+busybox wget -qO- "http://127.0.0.1:$hostport/hosts"
+isobox rm -f isobox-demo-web >/dev/null
 
 step "isobox compare: the same workload natively, as a container, a gVisor sandbox and a VM"
 # Two repetitions keep this step near a minute and a half here (a VM under TCG boots in ~10 s);

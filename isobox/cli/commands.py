@@ -210,15 +210,21 @@ def ps(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def inspect(args: argparse.Namespace, client: Client) -> int:
+def inspect_each(refs: list[str], fetch: Callable[[str], Any], template: str | None) -> int:
+    """Docker's inspect: a JSON list of what was found (``[]`` too), or a template per item;
+    each ref not found is reported, and then the exit code is 125."""
     found: list[Any] = []
-    code = each(args.containers, lambda ref: found.append(client.call("GET", path_for("containers", ref))))
-    if args.format:
+    code = each(refs, lambda ref: found.append(fetch(ref)))
+    if template:
         for item in found:
-            out(output.render_template(args.format, item))
+            out(output.render_template(template, item))
     else:
-        out(output.dumps(found))  # docker prints [] too when nothing was found
+        out(output.dumps(found))
     return code
+
+
+def inspect(args: argparse.Namespace, client: Client) -> int:
+    return inspect_each(args.containers, lambda ref: client.call("GET", path_for("containers", ref)), args.format)
 
 
 def logs(args: argparse.Namespace, client: Client) -> int:

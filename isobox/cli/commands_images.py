@@ -17,7 +17,7 @@ from typing import Any
 
 from isobox.cli import output
 from isobox.cli.client import Client, path_for
-from isobox.cli.commands import each, out
+from isobox.cli.commands import inspect_each, out
 from isobox.errors import ERRORS_BY_KIND, InvalidArgument, IsoboxError
 
 
@@ -83,14 +83,7 @@ def image_save(args: argparse.Namespace, client: Client) -> int:
 
 
 def image_inspect(args: argparse.Namespace, client: Client) -> int:
-    found: list[Any] = []
-    code = each(args.images, lambda ref: found.append(client.call("GET", path_for("images", ref, "json"))))
-    if args.format:
-        for item in found:
-            out(output.render_template(args.format, item))
-    else:
-        out(output.dumps(found))
-    return code
+    return inspect_each(args.images, lambda ref: client.call("GET", path_for("images", ref, "json")), args.format)
 
 
 def image_history(args: argparse.Namespace, client: Client) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 from isobox.cli import output
 from isobox.cli.client import Client, path_for
-from isobox.cli.commands import each, out
+from isobox.cli.commands import each, inspect_each, out
 from isobox.errors import NotFound
 
 
@@ -38,14 +38,7 @@ def network_ls(args: argparse.Namespace, client: Client) -> int:
 
 
 def network_inspect(args: argparse.Namespace, client: Client) -> int:
-    found: list[Any] = []
-    code = each(args.networks, lambda ref: found.append(client.call("GET", path_for("networks", ref))))
-    if args.format:
-        for item in found:
-            out(output.render_template(args.format, item))
-    else:
-        out(output.dumps(found))
-    return code
+    return inspect_each(args.networks, lambda ref: client.call("GET", path_for("networks", ref)), args.format)
 
 
 def network_rm(args: argparse.Namespace, client: Client) -> int:

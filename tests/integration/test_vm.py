@@ -108,58 +108,22 @@ def test_vm_kill_and_force_remove(isobox: Isobox) -> None:
     _assert_vm_gone(isobox, cid)
 
 
-def test_vm_survives_a_daemon_kill(isobox: Isobox, tmp_path: Path) -> None:
+def test_vm_survives_a_daemon_kill(own_daemon: Isobox) -> None:
     """The monitor, not the daemon, owns QEMU: a restarted daemon re-adopts the running VM."""
     import os
     import signal
-    import subprocess
 
-    from tests.conftest import VENV_BIN, _socket_up, private_netns, stop_dns
-
-    base = Path(f"/tmp/ibx-vmd-{os.getpid()}")
-    netns = private_netns("vmd")
-    env = dict(isobox.env, ISOBOX_ROOT=f"{base}/root", ISOBOX_RUN=f"{base}/run",
-               ISOBOX_CGROUP_PARENT=isobox.cgroup_parent + "-vmd", ISOBOX_NETNS=netns.__enter__())
-    box = Isobox(isobox.base, env)
-    daemons: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        with open(tmp_path / "isoboxd.log", "ab") as log:
-            daemons.append(subprocess.Popen([str(VENV_BIN / "isoboxd")], env=env, stdout=log, stderr=log,
-                                            start_new_session=True))
-        deadline = time.monotonic() + 30
-        while not _socket_up(box.run_root / "isobox.sock"):
-            assert daemons[-1].poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-
-    start()
-    try:
-        box.cli("image", "build", "busybox", check=True)
-        cid = box.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "300",
-                      check=True, timeout=300).stdout.split()[-1]
-        qemu_pid = _inspect(box, cid)["State"]["Pid"]
-        os.kill(int((box.run_root / "isobox.pid").read_text()), signal.SIGKILL)
-        daemons[-1].wait()
-        start()
-        assert _inspect(box, cid)["State"]["Status"] == "running"
-        os.kill(qemu_pid, 0)  # still the same QEMU
-        assert box.cli("exec", cid, "echo", "adopted", check=True).stdout == "adopted\n"
-        box.cli("stop", "-t", "5", cid, check=True)
-        state = _inspect(box, cid)["State"]
-        assert (state["Status"], state["ExitCode"]) == ("exited", 143)  # sleep died of SIGTERM
-        box.cli("rm", cid, check=True)
-        _assert_vm_gone(box, cid)
-    finally:
-        box.cli("rm", "-f", *box.cli("ps", "-aq").stdout.split())
-        for proc in daemons:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)
-        from tests.conftest import _remove_cgroup_parent
-
-        _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])
-        stop_dns(box.run_root)
-        netns.__exit__(None, None, None)
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
+    box = own_daemon
+    cid = box.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "300",
+                  check=True, timeout=300).stdout.split()[-1]
+    qemu_pid = _inspect(box, cid)["State"]["Pid"]
+    os.kill(int((box.run_root / "isobox.pid").read_text()), signal.SIGKILL)
+    box.start_daemon()  # type: ignore[attr-defined]
+    assert _inspect(box, cid)["State"]["Status"] == "running"
+    os.kill(qemu_pid, 0)  # still the same QEMU
+    assert box.cli("exec", cid, "echo", "adopted", check=True).stdout == "adopted\n"
+    box.cli("stop", "-t", "5", cid, check=True)
+    state = _inspect(box, cid)["State"]
+    assert (state["Status"], state["ExitCode"]) == ("exited", 143)  # sleep died of SIGTERM
+    box.cli("rm", cid, check=True)
+    _assert_vm_gone(box, cid)
