@@ -226,34 +226,42 @@ def mount_cgroup_fs(root: _Root, spec: MountSpec) -> None:
     root.mount("tmpfs", spec.destination, "tmpfs", spec.flags & ~sc.MS_RDONLY, "mode=755")
     own = _own_cgroup_paths()
     base = spec.destination.rstrip("/")
-    for mountpoint, fstype, superopts in hosts:
-        if fstype == "cgroup2":
-            continue  # hybrid hosts: the empty unified tree is left out, as runc does
-        name = os.path.basename(mountpoint)
-        key = ",".join(
-            o for o in superopts.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent"))
-        key = key.removeprefix("name=")
-        if key not in own:
-            continue
-        src = os.open(mountpoint + own[key], os.O_PATH | os.O_CLOEXEC)
-        try:
-            root.mount(sc.fd_path(src), f"{base}/{name}", None, sc.MS_BIND | sc.MS_REC)
-        finally:
-            os.close(src)
-        fd = sc.open_in_root(root.fd, f"{base}/{name}")
-        try:
-            sc.mount(None, sc.fd_path(fd), None, sc.MS_REMOUNT | sc.MS_BIND | spec.flags)
-        finally:
-            os.close(fd)
-    for entry in os.scandir(os.path.dirname(hosts[0][0])):  # cpu -> cpu,cpuacct, as on the host
-        if entry.is_symlink():
-            parent = sc.open_in_root(root.fd, base, os.O_DIRECTORY | os.O_RDONLY)
+    # The tmpfs we just mounted, opened once: every entry below is a plain name made in it, so
+    # no path needs resolving inside the root again (~1 ms over 9 hierarchies on the OCI path).
+    parent = sc.open_in_root(root.fd, base, os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        for mountpoint, fstype, superopts in hosts:
+            if fstype == "cgroup2":
+                continue  # hybrid hosts: the empty unified tree is left out, as runc does
+            name = os.path.basename(mountpoint)
+            key = ",".join(
+                o for o in superopts.split(",") if o not in ("rw", "ro") and not o.startswith("release_agent"))
+            key = key.removeprefix("name=")
+            if key not in own:
+                continue
+            os.mkdir(name, 0o755, dir_fd=parent)
+            target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             try:
-                os.symlink(os.readlink(entry.path), entry.name, dir_fd=parent)
-            except FileExistsError:
-                pass
+                src = os.open(mountpoint + own[key], os.O_PATH | os.O_CLOEXEC)
+                try:
+                    sc.mount(sc.fd_path(src), sc.fd_path(target), None, sc.MS_BIND | sc.MS_REC)
+                finally:
+                    os.close(src)
             finally:
-                os.close(parent)
+                os.close(target)
+            mounted = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)  # the new mount
+            try:
+                sc.mount(None, sc.fd_path(mounted), None, sc.MS_REMOUNT | sc.MS_BIND | spec.flags)
+            finally:
+                os.close(mounted)
+        for entry in os.scandir(os.path.dirname(hosts[0][0])):  # cpu -> cpu,cpuacct, as on the host
+            if entry.is_symlink():
+                try:  # noqa: SIM105 - contextlib is one more import on the OCI runtime's path
+                    os.symlink(os.readlink(entry.path), entry.name, dir_fd=parent)
+                except FileExistsError:
+                    pass
+    finally:
+        os.close(parent)
     if spec.flags & sc.MS_RDONLY:
         root.remount_readonly(base, spec.flags & ~sc.MS_RDONLY)
 
