@@ -443,3 +443,16 @@ def busybox_layer(root: Path) -> Path:
     if len(layers) != 1:
         raise RuntimeError(f"expected one image layer under {root}, found {len(layers)}")
     return layers[0]
+
+
+def remove_all_workloads(engine: Any) -> list[str]:
+    """Force-remove every workload of an in-process engine and close it; what failed, as text
+    (a benchmark reports its cleanup problems rather than stopping at the first)."""
+    problems = []
+    for item in engine.list(all=True):
+        try:
+            engine.remove(item["Id"], force=True)
+        except Exception as exc:  # noqa: BLE001 - report, keep cleaning
+            problems.append(f"engine remove {item['Id'][:12]}: {exc}")
+    engine.close()
+    return problems

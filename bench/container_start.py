@@ -46,6 +46,7 @@ from common import (
     print_facts,
     private_daemon,
     ratio,
+    remove_all_workloads,
     remove_cgroup_parent,
     sigterm_as_interrupt,
     table,
@@ -118,13 +119,7 @@ class EngineRow:
         return elapsed  # without the remove
 
     def close(self) -> list[str]:
-        problems = []
-        for item in self.engine.list(all=True):
-            try:
-                self.engine.remove(item["Id"], force=True)
-            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-                problems.append(f"engine remove {item['Id'][:12]}: {exc}")
-        self.engine.close()
+        problems = remove_all_workloads(self.engine)
         problems.extend(f"cgroup not removed: {x}" for x in remove_cgroup_parent(self.cgroup_parent))
         return problems
 

@@ -67,6 +67,7 @@ from common import (
     percentile,
     print_facts,
     ratio,
+    remove_all_workloads,
     remove_cgroup_parent,
     sigterm_as_interrupt,
     table,
@@ -395,13 +396,7 @@ class EngineSide:
         return elapsed
 
     def close(self) -> list[str]:
-        problems = []
-        for item in self.engine.list(all=True):
-            try:
-                self.engine.remove(item["Id"], force=True)
-            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-                problems.append(f"engine remove {item['Id'][:12]}: {exc}")
-        self.engine.close()
+        problems = remove_all_workloads(self.engine)
         return problems
 
 
