@@ -182,12 +182,12 @@ class NetworkManager:
             try:
                 if kind == "tap":
                     links.add_tap(lease.link, index)
-                if net.name in self._dns_up:
-                    # Off the start's path (~1 ms): the name is served a moment after the workload
-                    # starts, rendered from the store, so a later change can never be overtaken.
-                    self._dns_worker.submit(self._refresh_dns, net, False)
-                else:
-                    self._refresh_dns(net, True)  # the first time: a dnsmasq that cannot start fails the start
+                # Off the start's path (~1 ms) once this network's dnsmasq is known to run: the
+                # name is served a moment after the workload starts.  The first time we wait, so
+                # that a dnsmasq that cannot start fails the start.
+                refresh = self._dns_worker.submit(self._refresh_dns, net, net.name not in self._dns_up)
+                if net.name not in self._dns_up:
+                    refresh.result()
                 if resolved or not self._rules_applied:
                     self._apply_rules()
             except BaseException:
@@ -217,7 +217,7 @@ class NetworkManager:
                 return
             self.db.release(container_id, {lease.link for lease in leases})
             for name in {lease.network for lease in leases}:
-                self._write_hosts(name)
+                self._dns_worker.submit(self._write_hosts, name).result()
             if any(lease.ports for lease in leases):
                 self._apply_rules()
 
@@ -245,17 +245,19 @@ class NetworkManager:
                         links.delete(name)
             for net in self.db.networks():
                 if links.index_of(net.bridge) is not None:
-                    self._write_hosts(net.name)
-                    with contextlib.suppress(IsoboxError):
-                        dns.ensure(net.name, net.bridge, net.gateway, net.subnet)
+                    self._dns_worker.submit(self._refresh_dns, net, False).result()
             self._apply_rules()
 
     # -- internals ----------------------------------------------------------------------------
 
+    # Every DNS file write happens on the one dns worker thread (callers that need it done wait
+    # for it): the files are rendered from the store and replaced through one temporary name, so
+    # two writers at once could publish a half-written file or lose the newer one.
+
     def _refresh_dns(self, net: NetworkRecord, raise_errors: bool) -> None:
         try:
+            self._write_hosts(net.name)  # first: a dnsmasq started next reads the current files
             dns.ensure(net.name, net.bridge, net.gateway, net.subnet)
-            self._write_hosts(net.name)
         except (IsoboxError, OSError) as exc:
             self._dns_up.discard(net.name)  # the next start checks it again, synchronously
             if raise_errors:
