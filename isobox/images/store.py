@@ -136,6 +136,7 @@ class Image:
     manifest: str = ""        # "sha256:<hex>" of the manifest blob
     history: tuple[dict[str, Any], ...] = ()
     disk: dict[str, Any] | None = field(default=None, hash=False)  # set for VM-only images (import-disk)
+    disk_file: Path | None = field(default=None, hash=False)  # its stored file (a blob), for VM-only images
 
     @property
     def short_id(self) -> str:
@@ -475,9 +476,9 @@ class ImageStore:
 
     def disk_path(self, image: Image) -> Path:
         """The stored disk file of a VM-only image."""
-        if not image.disk:
+        if image.disk_file is None:
             raise InvalidArgument(f"image {image.short_id} is not a VM disk image")
-        return self.blob_path(str(image.disk["digest"]))
+        return image.disk_file
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -625,6 +626,7 @@ class ImageStore:
             manifest=record.config.get("manifest", ""),
             history=tuple(record.config.get("history") or ()),
             disk=record.config.get("disk") or None,
+            disk_file=self.blob_path(record.config["disk"]["digest"]) if record.config.get("disk") else None,
         )
 
     def _insert(self, image_id: str, row: dict[str, Any], size: int, tags: builtins.list[str]) -> None:

@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from isobox import paths
 from isobox.errors import InvalidArgument, RuntimeFailure
 from isobox.images import vmdisk
 from isobox.images.store import Image
@@ -44,9 +43,9 @@ NOT_FOR_DISKS = (  # (spec attribute, flag) that only an isobox init could apply
 
 
 def disk_file(image: Image) -> Path:
-    """The image's stored disk (a qcow2, or an ISO): the blob its manifest lists."""
-    assert image.disk is not None
-    return paths.images_dir() / "blobs" / "sha256" / str(image.disk["digest"]).removeprefix("sha256:")
+    """The image's stored disk (a qcow2, or an ISO), as the image store placed it."""
+    assert image.disk_file is not None
+    return image.disk_file
 
 
 def is_iso(image: Image) -> bool:
