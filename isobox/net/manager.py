@@ -57,7 +57,6 @@ class Attachment:
     network: NetworkRecord
     lease: Lease
     bridge_index: int
-    kind: str  # "veth" (containers: the init makes the pair) or "tap" (VMs: made here)
 
     @property
     def address(self) -> str:
@@ -193,7 +192,7 @@ class NetworkManager:
             except BaseException:
                 self.detach(container_id)
                 raise
-        return Attachment(net, lease, index, kind)
+        return Attachment(net, lease, index)
 
     def start_failed(self, container_id: str) -> None:
         """Undo an attach whose workload did not start, and ensure the bridges afresh next time
