@@ -224,7 +224,7 @@ class Engine:
             status = self._runtime(rec).collect_exit(rec) or ExitStatus(
                 255, error="the container's monitor ended without recording an exit status",
                 finished_at=time.time())
-            self.store.update_container(rec.id, state="exited", exit_code=status.exit_code,
+            self.store.update_container(rec.id, durable=False, state="exited", exit_code=status.exit_code,
                                         oom_killed=int(status.oom_killed), error=status.error,
                                         finished_at=status.finished_at or time.time())
             self._final[rec.id] = status
@@ -369,7 +369,7 @@ class Engine:
                 applied["Network"] = network.describe()
             with self._lock:
                 self.store.update_container(
-                    rec.id, state="running", pid=launched.pid, pid_start=launched.pid_start,
+                    rec.id, durable=False, state="running", pid=launched.pid, pid_start=launched.pid_start,
                     monitor_pid=launched.monitor_pid, monitor_start=launched.monitor_start,
                     exit_code=None, oom_killed=0, error=None, started_at=time.time(), finished_at=None,
                     applied=applied)

@@ -104,16 +104,27 @@ class StateStore:
             self._db.close()
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """An immediate transaction: the write lock is taken up front, never upgraded mid-way."""
+    def write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """An immediate transaction: the write lock is taken up front, never upgraded mid-way.
+
+        ``durable=False`` commits without the fsync (``synchronous=NORMAL``, still atomic and
+        crash-safe for the process; the next durable commit syncs it too): for run state, which
+        a power loss makes moot and ``Engine.recover`` settles from the live processes anyway.
+        """
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -139,12 +150,13 @@ class StateStore:
                 ) from None
             raise
 
-    def update_container(self, container_id: str, **changes: Any) -> None:
+    def update_container(self, container_id: str, durable: bool = True, **changes: Any) -> None:
+        """``durable=False`` for run-state transitions (see ``write``)."""
         if not changes:
             return
         values = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in changes.items()]
         assignments = ", ".join(f"{k} = ?" for k in changes)
-        with self.write() as db:
+        with self.write(durable) as db:
             db.execute(f"UPDATE containers SET {assignments} WHERE id = ?", (*values, container_id))
 
     def delete_container(self, container_id: str) -> None:
