@@ -174,12 +174,25 @@ class Prepared:
             os.close(own)
 
 
-def prepare_container_child() -> Prepared:
+def sample_config(sample: bytes) -> bytes:
+    """The config of a past request (pickled), for a pooled init to rehearse with."""
+    request, _names = pickle.loads(sample)
+    return pickle.dumps(request.cfg) if isinstance(request, ContainerRequest) else b""
+
+
+def rehearse(sample: bytes) -> None:
+    """Unpickle a past request as a fresh process will unpickle its own (zygote._fork_idle)."""
+    pickle.loads(sample)
+
+
+def prepare_container_child(rehearsal: bytes = b"") -> Prepared:
     sync, child_sync = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sc.unshare(sc.CLONE_NEWPID)
     child = os.fork()
     if child == 0:
         sync.close()
+        if rehearsal:
+            rehearse(rehearsal)
         _prepared_child(child_sync)
     child_sync.close()
     return Prepared(child, sync)

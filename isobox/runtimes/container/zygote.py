@@ -8,9 +8,11 @@ nothing (SIGCHLD ignored) and dies with the daemon, while the monitors it forked
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import pickle
+import select
 import signal
 import socket
 import threading
@@ -26,9 +28,11 @@ POOL_SIZE = 2  # idle monitors, each with its PID namespace's init already forke
 
 
 class Zygote:
-    def __init__(self, sock: socket.socket, pid: int) -> None:
+    def __init__(self, sock: socket.socket, pid: int, control: socket.socket) -> None:
         self.sock = sock
         self.pid = pid
+        self._control = control
+        self._sampled = False
         self._lock = threading.Lock()
 
     def spawn(self, request: launch.Request, fds: dict[str, int]) -> None:
@@ -36,9 +40,16 @@ class Zygote:
         payload = pickle.dumps((request, list(fds)))
         with self._lock:
             socket.send_fds(self.sock, [payload], list(fds.values()))
+            if not self._sampled and isinstance(request, launch.ContainerRequest):
+                # The zygote's future monitors rehearse with it (see ``_fork_idle``).  It stays
+                # in isobox's own processes: monitors, and inits until their exec.
+                self._sampled = True
+                with contextlib.suppress(OSError):
+                    self._control.send(payload, socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         self.sock.close()  # idle monitors see EOF and exit
+        self._control.close()
         try:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
@@ -53,16 +64,19 @@ def start() -> Zygote:
     import isobox.spec  # noqa: F401
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    control, control_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _serve(theirs, parent)
+        control.close()
+        _serve(theirs, control_theirs, parent)
     theirs.close()
-    return Zygote(ours, pid)
+    control_theirs.close()
+    return Zygote(ours, pid, control)
 
 
-def _serve(sock: socket.socket, parent: int) -> None:
+def _serve(sock: socket.socket, control: socket.socket, parent: int) -> None:
     """Keep POOL_SIZE idle monitors waiting on the request socket; fork a new one whenever
     one takes a request.  A start then costs no fork at all on its critical path.
 
@@ -76,18 +90,32 @@ def _serve(sock: socket.socket, parent: int) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         taken_r, taken_w = os.pipe2(os.O_CLOEXEC)
-        sc.close_range_from(3, (sock.fileno(), taken_r, taken_w))
+        sc.close_range_from(3, (sock.fileno(), control.fileno(), taken_r, taken_w))
         gc.freeze()
         gc.disable()
+        sample = b""
         for _ in range(POOL_SIZE):
-            _fork_idle(sock, taken_r, taken_w)
-        while os.read(taken_r, 1):
-            _fork_idle(sock, taken_r, taken_w)
+            _fork_idle(sock, taken_r, taken_w, sample)
+        watched = [taken_r, control.fileno()]
+        while True:
+            ready, _, _ = select.select(watched, [], [])
+            if control.fileno() in ready:
+                sample = control.recv(MAX_REQUEST)
+                if not sample:
+                    watched.remove(control.fileno())
+            if taken_r in ready:
+                if not os.read(taken_r, 1):
+                    break
+                _fork_idle(sock, taken_r, taken_w, sample)
     finally:
         os._exit(0)
 
 
-def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int) -> None:
+def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int, sample: bytes) -> None:
+    """``sample``: a request the daemon sent before (pickled), or empty.  The new monitor and
+    its init unpickle it while idle: in a process just forked from a Python parent, first
+    touches of objects fault in copy-on-write copies of their pages (~10 us each in this VM,
+    ~300 on an unpickle), and a rehearsal moves those faults off the start's critical path."""
     if os.fork() != 0:
         return
     code = 1
@@ -96,7 +124,10 @@ def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int) -> None:
     try:
         os.close(taken_r)
         launch.become_monitor()
-        prepared = launch.prepare_container_child()
+        cfg_sample = launch.sample_config(sample) if sample else b""
+        prepared = launch.prepare_container_child(cfg_sample)
+        if sample:  # after the fork: a fork write-protects every page again
+            launch.rehearse(sample)
         prepared.slot_fd = taken_w  # released once our workload runs (or we fail)
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         sock.close()
