@@ -33,11 +33,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from isobox import paths
 from isobox.errors import IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.net import rtnl
 from isobox.runtimes.base import Launched
-from isobox.runtimes.container import seccomp
+from isobox.runtimes.container import rootfs, seccomp
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
@@ -210,9 +211,17 @@ def _prepared_child(sync: socket.socket) -> None:
         host_net = (rtnl.open_socket(), os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
         sc.unshare(AHEAD_NAMESPACES)
         sc.loopback_up()
+        stage_dir = str(paths.run_root() / "stage")
+        staged: str | None = stage_dir
+        try:
+            os.makedirs(stage_dir, mode=0o700, exist_ok=True)
+            rootfs.stage(stage_dir)
+        except OSError:
+            staged = None  # the container's own set-up mounts them; what was staged goes with us
         data, fds, _flags, _addr = socket.recv_fds(sync, MAX_MESSAGE, 3)
         if data:
-            _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES, host_net)
+            _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES, host_net,
+                             staged)
     finally:
         os._exit(1)
 
@@ -391,11 +400,13 @@ def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
 
 
 def _container_child(cfg: ContainerConfig, sync: socket.socket, stdio: tuple[int, int, int],
-                     ahead: int = 0, host_net: tuple[socket.socket, int] | None = None) -> None:
-    """``ahead``: namespaces a pooled init created before its request (lo already up)."""
+                     ahead: int = 0, host_net: tuple[socket.socket, int] | None = None,
+                     staged: str | None = None) -> None:
+    """``ahead``: namespaces a pooled init created before its request (lo already up);
+    ``staged``: where it mounted /proc, /sys and /dev ahead (``rootfs.stage``)."""
     try:
         _reset_signals()
-        setup_container(cfg, CONTAINER_NAMESPACES & ~ahead, host_net=host_net)
+        setup_container(cfg, CONTAINER_NAMESPACES & ~ahead, host_net=host_net, staged=staged)
         if host_net is not None:
             host_net[0].close()
             os.close(host_net[1])

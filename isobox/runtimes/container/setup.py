@@ -30,10 +30,11 @@ def join_cgroup(files: list[str]) -> None:
 
 
 def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int, int], ...] = (),
-                    host_net: tuple[socket.socket, int] | None = None) -> None:
+                    host_net: tuple[socket.socket, int] | None = None, staged: str | None = None) -> None:
     """Join the cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
     set the hostname, bring up lo, make ``eth0`` (``host_net``: a route socket and a namespace fd
-    of the host's network namespace, opened before ours) and build the root."""
+    of the host's network namespace, opened before ours) and build the root (``staged``: see
+    ``rootfs.stage``)."""
     join_cgroup(cfg.cgroup_procs)
     for fd, nstype in join:
         sc.setns(fd, nstype)
@@ -50,7 +51,7 @@ def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int
         sc.loopback_up()
     if cfg.interface is not None:
         plug_interface(cfg, host_net)
-    rootfs.build(cfg)
+    rootfs.build(cfg, staged if staged is not None and rootfs.can_use_stage(cfg) else None)
 
 
 def plug_interface(cfg: ContainerConfig, host_net: tuple[socket.socket, int] | None) -> None:
