@@ -64,3 +64,18 @@ def test_image_in_use_cannot_vanish_under_a_container(store: StateStore) -> None
     assert store.containers_using_image("sha256:" + "a" * 64) == ["web"]
     with pytest.raises(Exception, match="FOREIGN KEY"):
         store.delete_image("sha256:" + "a" * 64)
+
+
+def test_run_state_writes_skip_the_fsync_and_restore_it(store: StateStore, tmp_path) -> None:
+    import sqlite3
+
+    store.add_container(record("1" * 64, "web"))
+    store.update_container("1" * 64, durable=False, state="running", pid=42)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again afterwards
+    other = sqlite3.connect(str(tmp_path / "db" / "isobox.db"))  # committed: another reader sees it
+    assert other.execute("SELECT state, pid FROM containers").fetchone() == ("running", 42)
+    other.close()
+    with pytest.raises(sqlite3.OperationalError), store.write(durable=False) as db:
+        db.execute("UPDATE nowhere SET x = 1")
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # also after a failed write
+    assert store.find_container("web").state == "running"
