@@ -13,7 +13,13 @@ import stat
 
 from isobox.errors import RuntimeFailure
 from isobox.runtimes.container import syscalls as sc
-from isobox.runtimes.container.config import MASKED_PATHS, READONLY_PATHS, ContainerConfig, DeviceNode, MountSpec
+from isobox.runtimes.container.config import (
+    MASKED_PATHS,
+    READONLY_PATHS,
+    ContainerConfig,
+    DeviceNode,
+    MountSpec,
+)
 
 # Minimal /dev, as runc creates it: (name, major, minor).
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
