@@ -18,8 +18,10 @@ The result is a VM-only image, like one from ``image import-disk``: one qcow2 di
 
 SYSLINUX from a FAT partition rather than extlinux or GRUB on the root filesystem: both of those
 install onto a mounted filesystem (a loop device), while mtools and ``mkfs --offset`` write into
-the image file directly.  The cost: a kernel upgraded inside the guest lands in its /boot, not
-on the boot partition, so it boots only after being copied there (``mcopy``, or by hand).
+the image file directly.  The guest mounts that partition at /boot/firmware, and a hook run by
+the kernel package and by ``update-initramfs`` (``BOOT_HOOK``, in /etc/kernel/postinst.d and
+/etc/initramfs/post-update.d) copies the kernel installed last and its initramfs there, so an
+``apt upgrade`` inside the guest boots its new kernel, as Raspberry Pi OS does with the same layout.
 
 The inputs hash into a build key kept as a label, as for ``debian:SUITE``: a second build finds
 the image and only tags it.  To rebuild, remove the image first.
@@ -42,7 +44,7 @@ from isobox.images.store import Image, ImageStore, Progress
 
 PACKAGES = ("linux-image-cloud-amd64", "systemd-sysv", "udev", "dbus", "qemu-guest-agent")
 HOSTNAME = "debian"
-LAYOUT = 1  # bump when the disk layout below changes: it is part of the build key
+LAYOUT = 2  # bump when the disk layout below changes: it is part of the build key
 MIB = 1 << 20
 DISK_SIZE = 4096 * MIB  # virtual; the stored qcow2 holds only what was written
 BOOT_START = 1 * MIB
@@ -87,7 +89,7 @@ def build(store: ImageStore, kind: str, include: list[str], tag: str | None, pro
         configure(root, root_uuid)
         kernel, initrd, version = kernel_files(root)
         raw = stage / "disk.raw"
-        make_disk(root, raw, root_uuid, kernel, initrd, progress)
+        make_disk(root, raw, root_uuid, kernel, initrd, version, progress)
         shutil.rmtree(root)
         progress("converting the disk to qcow2")
         qcow2 = stage / "disk"
@@ -130,12 +132,46 @@ def enable_networkd(root: Path) -> None:
             link.symlink_to(f"/lib/systemd/system/{unit}")
 
 
+FAT_LABEL = "ISOBOXBOOT"
+BOOT_MOUNT = "/boot/firmware"
+# Run as HOOK VERSION [IMAGE] by the kernel package (postinst.d, after initramfs-tools' own hook
+# has made the initramfs) and as HOOK VERSION INITRD by update-initramfs (post-update.d).  The
+# version on the boot partition is kept beside the kernel: update-initramfs for any other
+# version must not replace the initramfs that boots.
+BOOT_HOOK = f"""#!/bin/sh
+# isobox: the firmware boots /vmlinuz and /initrd.img of the FAT partition at {BOOT_MOUNT}.
+set -e
+version="$1"
+boot={BOOT_MOUNT}
+mountpoint -q "$boot" || {{ echo "isobox boot hook: $boot is not mounted; kernel $version not installed for boot" >&2; exit 0; }}
+copy() {{ cp "$1" "$boot/$2.new" && sync "$boot/$2.new" && mv "$boot/$2.new" "$boot/$2"; }}
+case "$0" in
+*/post-update.d/*)
+    [ "$(cat "$boot/isobox-kernel-version" 2>/dev/null)" = "$version" ] || exit 0
+    copy "${{2:-/boot/initrd.img-$version}}" initrd.img ;;
+*)
+    [ -e "/boot/vmlinuz-$version" ] && [ -e "/boot/initrd.img-$version" ] || exit 0
+    copy "/boot/vmlinuz-$version" vmlinuz
+    copy "/boot/initrd.img-$version" initrd.img
+    echo "$version" > "$boot/isobox-kernel-version" ;;
+esac
+"""
+
+
 def configure(root: Path, root_uuid: str) -> None:
-    """What an installer would ask: the hostname, the root filesystem, root's password, DHCP."""
+    """What an installer would ask: the hostname, the root filesystem, root's password, DHCP;
+    and the boot partition at /boot/firmware with the hook that keeps its kernel current."""
     (root / "etc" / "hostname").write_text(HOSTNAME + "\n")
     (root / "etc" / "hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{HOSTNAME}\n"
                                         "::1\t\tlocalhost ip6-localhost ip6-loopback\n")
-    (root / "etc" / "fstab").write_text(f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n")
+    (root / "etc" / "fstab").write_text(f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+                                        f"LABEL={FAT_LABEL}\t{BOOT_MOUNT}\tvfat\tumask=0077,nofail\t0\t2\n")
+    (root / BOOT_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for hooks in ("etc/kernel/postinst.d", "etc/initramfs/post-update.d"):
+        hook = root / hooks / "zz-isobox-boot"
+        hook.parent.mkdir(parents=True, exist_ok=True)
+        hook.write_text(BOOT_HOOK)
+        hook.chmod(0o755)
     lock_root_password(root / "etc" / "shadow")
     enable_networkd(root)
 
@@ -178,7 +214,8 @@ def partition_table() -> str:
             f"start={root}, size={(DISK_SIZE - ROOT_START) // 512}, type=83\n")
 
 
-def make_disk(root: Path, raw: Path, root_uuid: str, kernel: Path, initrd: Path, progress: Progress) -> None:
+def make_disk(root: Path, raw: Path, root_uuid: str, kernel: Path, initrd: Path, version: str,
+              progress: Progress) -> None:
     with open(raw, "wb") as fh:
         fh.truncate(DISK_SIZE)
     progress("partitioning the disk (MBR: boot FAT + root ext4)")
@@ -187,18 +224,21 @@ def make_disk(root: Path, raw: Path, root_uuid: str, kernel: Path, initrd: Path,
         dst.write(src.read(440))  # the boot code only: the partition table starts at byte 446
     progress("making the boot partition (FAT, SYSLINUX for BIOS and UEFI, kernel, initramfs)")
     sector = BOOT_START // 512
-    _run(["mkfs.fat", "-F", "16", "-n", "ISOBOXBOOT", f"--offset={sector}", "-h", str(sector),
+    _run(["mkfs.fat", "-F", "16", "-n", FAT_LABEL, f"--offset={sector}", "-h", str(sector),
           str(raw), str(BOOT_SIZE // 1024)])
     fat = f"{raw}@@{BOOT_START}"
     _mtools(["mmd", "-i", fat, "::/syslinux", "::/EFI", "::/EFI/BOOT"])
     _run(["syslinux", "--install", "--offset", str(BOOT_START), "--directory", "/syslinux", str(raw)])
     cfg = raw.with_name("syslinux.cfg")
     cfg.write_text(syslinux_cfg(root_uuid))
+    stamp = raw.with_name("isobox-kernel-version")  # what BOOT_HOOK compares with
+    stamp.write_text(version + "\n")
     for source, target in ((kernel, "::/vmlinuz"), (initrd, "::/initrd.img"), (cfg, "::/syslinux/syslinux.cfg"),
                            (EFI_LOADER, "::/EFI/BOOT/BOOTX64.EFI"), (EFI_LDLINUX, "::/EFI/BOOT/ldlinux.e64"),
-                           (cfg, "::/EFI/BOOT/syslinux.cfg")):
+                           (cfg, "::/EFI/BOOT/syslinux.cfg"), (stamp, "::/isobox-kernel-version")):
         _mtools(["mcopy", "-i", fat, str(source), target])
     cfg.unlink()
+    stamp.unlink()
     progress(f"making the root filesystem (ext4, {(DISK_SIZE - ROOT_START) // MIB} MiB)")
     _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", root_uuid, "-E", f"offset={ROOT_START}",
           "-d", str(root), str(raw), f"{(DISK_SIZE - ROOT_START) // 1024}k"])

@@ -146,6 +146,30 @@ def test_exec_cp_and_console_reach_the_running_os(isobox: Isobox, booted: dict, 
         proc.wait()
 
 
+def test_a_kernel_installed_in_the_guest_goes_to_the_boot_partition(isobox: Isobox, booted: dict) -> None:
+    """The firmware boots the FAT partition's /vmlinuz: the hook the kernel package runs copies
+    the kernel installed last there (a new version is simulated: no mirror is reachable here)."""
+    deadline = time.monotonic() + 60
+    while (res := isobox.cli("exec", "fwdebian", "mountpoint", "/boot/firmware")).returncode != 0 \
+            and time.monotonic() < deadline:
+        time.sleep(2)
+    assert res.returncode == 0, res.stdout + res.stderr  # the guest mounts its boot partition
+    script = (
+        "set -e; v=$(uname -r); cmp /boot/vmlinuz-$v /boot/firmware/vmlinuz; cat /boot/firmware/isobox-kernel-version;"
+        " cp /boot/vmlinuz-$v /boot/vmlinuz-9.9.9-test; echo new >> /boot/vmlinuz-9.9.9-test;"
+        " cp /boot/initrd.img-$v /boot/initrd.img-9.9.9-test;"
+        " /etc/kernel/postinst.d/zz-isobox-boot 9.9.9-test /boot/vmlinuz-9.9.9-test;"
+        " cmp /boot/vmlinuz-9.9.9-test /boot/firmware/vmlinuz; cat /boot/firmware/isobox-kernel-version;"
+        " /etc/initramfs/post-update.d/zz-isobox-boot $v /boot/initrd.img-$v;"  # not the booting one: no change
+        " cmp /boot/vmlinuz-9.9.9-test /boot/firmware/vmlinuz;"
+        " /etc/kernel/postinst.d/zz-isobox-boot $v; rm /boot/*-9.9.9-test;"  # back to the real kernel
+        " cmp /boot/vmlinuz-$v /boot/firmware/vmlinuz; cmp /boot/initrd.img-$v /boot/firmware/initrd.img;"
+        " cat /boot/firmware/isobox-kernel-version")
+    res = isobox.cli("exec", "fwdebian", "sh", "-c", script, timeout=120)
+    kernel = KERNEL_LINE.search(booted["console"]).group(1)  # type: ignore[union-attr]
+    assert (res.returncode, res.stdout.split()) == (0, [kernel, "9.9.9-test", kernel]), res.stdout + res.stderr
+
+
 def test_the_os_takes_its_leased_address_by_dhcp_and_is_reachable(isobox: Isobox, booted: dict) -> None:
     """A full OS configures its own network: systemd-networkd asks DHCP, the network's dnsmasq
     answers with the address isobox leased; a container on the network then reaches it."""

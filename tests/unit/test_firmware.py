@@ -175,7 +175,13 @@ def test_configure_locks_root_and_names_the_host(tmp_path: Path) -> None:
     bootdisk.lock_root_password(etc / "shadow")  # idempotent
     assert (etc / "shadow").read_text().startswith("root:!*:")
     assert (etc / "hostname").read_text() == "debian\n"
-    assert (etc / "fstab").read_text() == "UUID=u-u-i-d\t/\text4\terrors=remount-ro\t0\t1\n"
+    assert (etc / "fstab").read_text().splitlines() == [
+        "UUID=u-u-i-d\t/\text4\terrors=remount-ro\t0\t1",
+        "LABEL=ISOBOXBOOT\t/boot/firmware\tvfat\tumask=0077,nofail\t0\t2"]  # the FAT that boots
+    assert (tmp_path / "boot" / "firmware").is_dir()
+    for hooks in ("kernel/postinst.d", "initramfs/post-update.d"):  # run by the kernel package, update-initramfs
+        hook = etc / hooks / "zz-isobox-boot"
+        assert hook.read_text() == bootdisk.BOOT_HOOK and hook.stat().st_mode & 0o777 == 0o755
     assert "127.0.1.1\tdebian" in (etc / "hosts").read_text()
 
 
