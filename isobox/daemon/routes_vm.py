@@ -38,14 +38,17 @@ async def copy_files(ref: str, request: Request, engine: EngineDep) -> dict[str,
     return {"Size": size}
 
 
-def _vm(engine: Any, ref: str) -> tuple[Any, Any, Any, bool]:
+def _vm(engine: Any, ref: str) -> tuple[Any, Any, Any, bool, list[Any]]:
+    """(record, root overlay, QMP socket, running, the other qcow2 drives snapshots take along)."""
+    from isobox.runtimes.vm.diskboot import vars_store
     from isobox.runtimes.vm.runtime import data_dir, run_dir
 
     rec = engine.store.find_container(ref)
     if rec.spec.get("isolation") != "vm":
         raise InvalidArgument("this is implemented for --isolation vm workloads only")
     running = rec.state == "running"
-    return rec, data_dir(rec.id) / "root.qcow2", run_dir(rec.id) / "qmp.sock", running
+    companions = [p for p in (vars_store(data_dir(rec.id)),) if p is not None]
+    return rec, data_dir(rec.id) / "root.qcow2", run_dir(rec.id) / "qmp.sock", running, companions
 
 
 @router.get("/containers/{ref}/snapshots")
@@ -53,7 +56,7 @@ def list_snapshots(ref: str, engine: EngineDep) -> list[dict[str, Any]]:
     """A VM's snapshots (internal to its qcow2 overlay; ``Memory`` when VM state was saved)."""
     from isobox.runtimes.vm import snapshots
 
-    _rec, overlay, _qmp, _running = _vm(engine, ref)
+    _rec, overlay, _qmp, _running, _companions = _vm(engine, ref)
     return snapshots.list_snapshots(overlay)
 
 
@@ -68,8 +71,8 @@ async def create_snapshot(ref: str, request: Request, engine: EngineDep) -> dict
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str):
         raise InvalidArgument("snapshot create needs a name")
-    _rec, overlay, qmp, running = _vm(engine, ref)
-    await run_in_threadpool(snapshots.create, overlay, qmp, running, name)
+    _rec, overlay, qmp, running, companions = _vm(engine, ref)
+    await run_in_threadpool(snapshots.create, overlay, qmp, running, name, companions)
     return {"Name": name}
 
 
@@ -78,16 +81,16 @@ def restore_snapshot(ref: str, name: str, engine: EngineDep) -> None:
     """Running VM: back to the saved disk + memory (QMP loadvm); stopped: disk only."""
     from isobox.runtimes.vm import snapshots
 
-    _rec, overlay, qmp, running = _vm(engine, ref)
-    snapshots.restore(overlay, qmp, running, name)
+    _rec, overlay, qmp, running, companions = _vm(engine, ref)
+    snapshots.restore(overlay, qmp, running, name, companions)
 
 
 @router.delete("/containers/{ref}/snapshots/{name}", status_code=204)
 def remove_snapshot(ref: str, name: str, engine: EngineDep) -> None:
     from isobox.runtimes.vm import snapshots
 
-    _rec, overlay, qmp, running = _vm(engine, ref)
-    snapshots.remove(overlay, qmp, running, name)
+    _rec, overlay, qmp, running, companions = _vm(engine, ref)
+    snapshots.remove(overlay, qmp, running, name, companions)
 
 
 @router.get("/containers/{ref}/console")
@@ -95,7 +98,7 @@ def console_socket(ref: str, engine: EngineDep) -> dict[str, Any]:
     """The unix socket of a running VM's serial console (raw bytes both ways)."""
     from isobox.runtimes.vm.runtime import run_dir
 
-    rec, _overlay, _qmp, running = _vm(engine, ref)
+    rec, _overlay, _qmp, running, _companions = _vm(engine, ref)
     if not running:
         raise Conflict(f"container {rec.name} is not running")
     return {"ConsoleSocket": str(run_dir(rec.id) / "tty.sock")}

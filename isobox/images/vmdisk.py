@@ -94,6 +94,19 @@ def create_overlay(base: Path, overlay: Path, backing_format: str = "raw") -> No
     _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay)])
 
 
+def convert_to_qcow2(source: Path, target: Path, source_format: str = "raw") -> None:
+    """A qcow2 copy of ``source`` (same virtual size), made under a temporary name."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        _run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", str(source), str(tmp)])
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def create_blank(disk: Path, size: str) -> None:
     """An empty qcow2 of ``size`` (qemu-img's syntax, e.g. ``16G``): allocated as it is written."""
     disk.unlink(missing_ok=True)

@@ -226,7 +226,17 @@ def test_uefi_boots_the_same_disk(isobox: Isobox, bootable: str) -> None:
         vars_store = Path(applied["Firmware"]["Vars"])
         assert vars_store.parent == isobox.root / "containers" / cid and vars_store.is_file()
         assert f"if=pflash,format=raw,unit=0,readonly=on,file={applied['Firmware']['Code']}" in applied["QemuCommandLine"]
-        assert f"if=pflash,format=raw,unit=1,file={vars_store}" in applied["QemuCommandLine"]
+        assert f"if=pflash,format=qcow2,unit=1,file={vars_store}" in applied["QemuCommandLine"]
+        # Snapshots take the variable store along: savevm needs every writable drive to take one.
+        isobox.cli("snapshot", "create", "fwuefi", "s1", check=True, timeout=300)
+        listed = isobox.cli("snapshot", "ls", "fwuefi", check=True).stdout
+        assert "s1" in listed
+        in_vars = subprocess.run(["qemu-img", "snapshot", "-l", "-U", str(vars_store)], check=True,
+                                 capture_output=True, text=True).stdout
+        assert " s1 " in in_vars, in_vars
+        isobox.cli("snapshot", "restore", "fwuefi", "s1", check=True, timeout=300)
+        isobox.cli("snapshot", "rm", "fwuefi", "s1", check=True, timeout=300)
+        assert "s1" not in isobox.cli("snapshot", "ls", "fwuefi", check=True).stdout
     finally:
         isobox.cli("rm", "-f", "fwuefi", check=True)  # while it runs
     _assert_vm_gone(isobox, cid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,10 +58,14 @@ def test_bios_boot_is_a_sandboxed_q35_with_a_virtio_disk(tmp_path: Path) -> None
 
 
 def test_uefi_boot_maps_read_only_code_and_the_vms_own_variables(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, firmware="uefi", ovmf_code=Path("/fw/CODE.fd"), ovmf_vars=tmp_path / "OVMF_VARS.fd")
+    cfg = _cfg(tmp_path, firmware="uefi", ovmf_code=Path("/fw/CODE.fd"), ovmf_vars=tmp_path / "OVMF_VARS.qcow2")
     drives = _value(firmware.qemu_cmdline(cfg), "-drive")
-    assert drives[:2] == ["if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
-                          f"if=pflash,format=raw,unit=1,file={tmp_path}/OVMF_VARS.fd"]
+    # the root disk first: savevm keeps the memory state in the first drive that takes snapshots
+    assert drives[0].startswith("id=root,")
+    assert drives[1:] == ["if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
+                          f"if=pflash,format=qcow2,unit=1,file={tmp_path}/OVMF_VARS.qcow2"]
+    legacy = _cfg(tmp_path, firmware="uefi", ovmf_code=Path("/fw/CODE.fd"), ovmf_vars=tmp_path / "OVMF_VARS.fd")
+    assert f"if=pflash,format=raw,unit=1,file={tmp_path}/OVMF_VARS.fd" in _value(firmware.qemu_cmdline(legacy), "-drive")
     with pytest.raises(ValueError, match="OVMF"):
         firmware.qemu_cmdline(_cfg(tmp_path, firmware="uefi"))
 
@@ -201,6 +206,7 @@ def test_build_key_covers_the_inputs() -> None:
 def test_firmware_monitor_reports_a_qemu_that_cannot_build_the_machine(tmp_path: Path) -> None:
     missing = tmp_path / "CODE.fd"  # QEMU refuses to start without its firmware flash
     cfg = _cfg(tmp_path, firmware="uefi", ovmf_code=missing, ovmf_vars=tmp_path / "VARS.fd")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(cfg.disk), "64M"], check=True)  # opened first
     mcfg = MonitorConfig(argv=firmware.qemu_cmdline(cfg), run_dir=str(tmp_path), log_path=str(tmp_path / "ctr.log"),
                          console_log=str(tmp_path / "console.log"), exit_path=str(tmp_path / "exit.json"),
                          wait_attach=False, boot_timeout=20, firmware=True)

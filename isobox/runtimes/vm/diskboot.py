@@ -81,13 +81,24 @@ def _prepare_disks(image: Image, ddir: Path) -> tuple[Path, Path | None]:
     return overlay, None
 
 
+VARS_STORE = "OVMF_VARS.qcow2"
+
+
+def vars_store(ddir: Path) -> Path | None:
+    """The VM's UEFI variable store, when it has one (``snapshots`` takes it along)."""
+    path = ddir / VARS_STORE
+    return path if path.exists() else None
+
+
 def _vars_store(ddir: Path, ovmf: firmware.Ovmf) -> Path:
-    path = ddir / "OVMF_VARS.fd"
+    """A qcow2 copy of OVMF's template: QEMU's savevm needs every writable drive to take
+    internal snapshots, which a raw flash image cannot (a VM made before this keeps its .fd)."""
+    legacy = ddir / "OVMF_VARS.fd"
+    if legacy.exists():
+        return legacy
+    path = ddir / VARS_STORE
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        shutil.copyfile(ovmf.vars_template, tmp)
-        tmp.chmod(0o600)
-        tmp.rename(path)
+        vmdisk.convert_to_qcow2(ovmf.vars_template, path)
     return path
 
 

@@ -122,8 +122,9 @@ def firmware(cfg: FirmwareConfig) -> list[str]:
         return []
     if cfg.ovmf_code is None or cfg.ovmf_vars is None:
         raise ValueError("UEFI boot needs the OVMF code and a variable store")
+    fmt = "qcow2" if cfg.ovmf_vars.suffix == ".qcow2" else "raw"
     return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={cfg.ovmf_code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={cfg.ovmf_vars}"]
+            "-drive", f"if=pflash,format={fmt},unit=1,file={cfg.ovmf_vars}"]
 
 
 def _socket_chardev(cfg: FirmwareConfig, name: str) -> list[str]:
@@ -155,5 +156,7 @@ def qmp(cfg: FirmwareConfig) -> list[str]:
 
 
 def qemu_cmdline(cfg: FirmwareConfig) -> list[str]:
-    return [*base(cfg), *machine(cfg), *accelerator(cfg), *resources(cfg), *firmware(cfg),
-            *console(cfg), *agent_port(cfg), *disks(cfg), *qemu.nic(cfg.nic, "virtio-net-pci"), *qmp(cfg)]
+    # The disks before the firmware's flash: savevm puts the memory state in the first drive
+    # that takes snapshots, and that should be the root disk (``snapshot ls`` reads it there).
+    return [*base(cfg), *machine(cfg), *accelerator(cfg), *resources(cfg), *disks(cfg), *firmware(cfg),
+            *console(cfg), *agent_port(cfg), *qemu.nic(cfg.nic, "virtio-net-pci"), *qmp(cfg)]

@@ -5,12 +5,18 @@ A running VM: QMP (``qemu.qmp``) ``savevm`` / ``loadvm`` / ``delvm`` through
 ``snapshot-save`` is a job API with the same effect).  A stopped VM: ``qemu-img snapshot``
 (disk only; the next start boots from the restored disk).  VMs with virtio-fs volumes cannot
 save memory state (vhost-user-fs is not migratable): QEMU says so and isobox passes it on.
+
+``companions``: the VM's other writable qcow2 drives (a UEFI VM's variable store).  savevm and
+its kin cover every drive of a running VM; for a stopped one qemu-img is run on each, so the
+firmware's variables go back with the disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,29 +74,44 @@ def _require(overlay: Path, name: str) -> None:
         raise NotFound(f"no such snapshot: {name}")
 
 
-def create(overlay: Path, qmp_socket: Path, running: bool, name: str) -> None:
+def _names(disk: Path) -> set[str]:
+    return {s["Name"] for s in list_snapshots(disk)}
+
+
+def create(overlay: Path, qmp_socket: Path, running: bool, name: str, companions: Sequence[Path] = ()) -> None:
     check_name(name)
-    if name in {s["Name"] for s in list_snapshots(overlay)}:
+    if name in _names(overlay):
         raise Conflict(f"snapshot {name} already exists")
     if running:
         _hmp(qmp_socket, f"savevm {name}")
-    else:
-        _qemu_img("-c", name, str(overlay))
+        return
+    made: list[Path] = []
+    try:
+        for disk in (overlay, *companions):
+            _qemu_img("-c", name, str(disk))
+            made.append(disk)
+    except RuntimeFailure:
+        for disk in made:  # all or nothing
+            with contextlib.suppress(RuntimeFailure):
+                _qemu_img("-d", name, str(disk))
+        raise
 
 
-def restore(overlay: Path, qmp_socket: Path, running: bool, name: str) -> None:
+def restore(overlay: Path, qmp_socket: Path, running: bool, name: str, companions: Sequence[Path] = ()) -> None:
     check_name(name)
     _require(overlay, name)
     if running:
         _hmp(qmp_socket, f"loadvm {name}")
-    else:
-        _qemu_img("-a", name, str(overlay))
+        return
+    for disk in (overlay, *(c for c in companions if name in _names(c))):
+        _qemu_img("-a", name, str(disk))
 
 
-def remove(overlay: Path, qmp_socket: Path, running: bool, name: str) -> None:
+def remove(overlay: Path, qmp_socket: Path, running: bool, name: str, companions: Sequence[Path] = ()) -> None:
     check_name(name)
     _require(overlay, name)
     if running:
         _hmp(qmp_socket, f"delvm {name}")
-    else:
-        _qemu_img("-d", name, str(overlay))
+        return
+    for disk in (overlay, *(c for c in companions if name in _names(c))):
+        _qemu_img("-d", name, str(disk))
