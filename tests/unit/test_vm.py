@@ -1,4 +1,5 @@
-"""The VM level's pure parts: QEMU command line, spec script, cpio writer, monitor boot failure."""
+"""The VM level's pure parts: QEMU command line, spec script, cpio writer, monitor boot failure,
+the pty relay's protocol and the monitor's half of it, exec -t's ports."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from isobox.runtimes.vm import accel, guest, qemu, specdisk
-from isobox.runtimes.vm.monitor import Console, MonitorConfig, run
+from isobox.attach import Decoder, Frame, encode_json
+from isobox.errors import InvalidArgument
+from isobox.logs import LogWriter, read_entries
+from isobox.runtimes.vm import accel, guest, ptyproto, qemu, specdisk
+from isobox.runtimes.vm.monitor import PTY, Console, MonitorConfig, VmPump, run
+from isobox.runtimes.vm.ptyproto import GuestFrame
 
 
 def _cfg(tmp_path: Path, accel_name: str = "tcg") -> qemu.VmConfig:
@@ -132,3 +137,127 @@ def test_snapshot_listing_is_parsed(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ("s1", True, "89.2 MiB"), ("disk-only", False, "0 B")]
     with pytest.raises(Exception, match="invalid snapshot name"):
         snapshots.check_name("../x")
+
+
+# -- terminals (run -t, exec -t) and panics ---------------------------------------------------------
+
+
+def test_only_a_tty_workload_gets_a_pty_port(tmp_path: Path) -> None:
+    """Every port costs each boot: the workload's pty port only with -t; exec -t's are hot-plugged."""
+    plain = " ".join(qemu.qemu_cmdline(_cfg(tmp_path)))
+    assert "name=pty" not in plain
+    cfg = _cfg(tmp_path)
+    cfg.pty = True
+    with_tty = " ".join(qemu.qemu_cmdline(cfg))
+    assert f"socket,id=pty,path={tmp_path}/pty.sock" in with_tty and "virtserialport,chardev=pty,name=pty" in with_tty
+    bus, max_ports = with_tty.split("virtio-serial-device,id=")[1].split()[0].split(",max_ports=")
+    assert f"{bus}.0" == qemu.SERIAL_BUS
+    assert int(max_ports) - 1 - with_tty.count("virtserialport,") >= 8  # room for exec -t sessions
+    assert set(qemu.SOCKETS) >= {"attach", "tty", *qemu.PORTS, "pty", "qga", "qmp"}
+
+
+def test_a_tty_workload_runs_behind_the_relay(tmp_path: Path) -> None:
+    proc = specdisk.GuestProcess(argv=["sh"], env={"A": "1"}, workdir="/", uid=0, gid=0)
+    assert specdisk.helper_argv(proc)[:2] == [specdisk.RUN_HELPER, specdisk.ROOT]
+    assert specdisk.helper_argv(proc, "pty")[:4] == [specdisk.RUN_HELPER, "--pty", "pty", specdisk.ROOT]
+    script = specdisk.spec_script(proc, "h", stdin=True, pty="pty")
+    assert "ISOBOX_STDIN=0" in script  # its stdin comes through the relay's port, not stdin's
+    assert "set -- /bin/isobox-run --pty pty /newroot" in script
+    assert "ISOBOX_STDIN=1" in specdisk.spec_script(proc, "h", stdin=True)
+
+
+def test_client_frames_become_the_relays() -> None:
+    def decoded(data: bytes) -> list[tuple[GuestFrame, bytes]]:
+        return list(ptyproto.GuestDecoder().feed(data))
+
+    assert decoded(ptyproto.to_guest(Frame.STDIN, b"ls\r")) == [(GuestFrame.STDIN, b"ls\r")]
+    assert decoded(ptyproto.to_guest(Frame.STDIN_EOF, b"")) == [(GuestFrame.STDIN_EOF, b"")]
+    resize = encode_json(Frame.RESIZE, {"rows": 40, "cols": 100})[8:]
+    assert decoded(ptyproto.to_guest(Frame.RESIZE, resize)) == [(GuestFrame.RESIZE, b"40 100")]
+    assert decoded(ptyproto.to_guest(Frame.SIGNAL, b"15")) == [(GuestFrame.SIGNAL, b"15")]
+    for kind, payload in ((Frame.RESIZE, b"{}"), (Frame.RESIZE, b'{"rows": 0, "cols": 80}'),
+                          (Frame.RESIZE, b'{"rows": 70000, "cols": 80}'), (Frame.RESIZE, b"not json"),
+                          (Frame.SIGNAL, b"0"), (Frame.SIGNAL, b"999"), (Frame.SIGNAL, b"TERM"),
+                          (Frame.STDIN, b""), (Frame.STDOUT, b"x"), (Frame.EXIT, b"{}")):
+        assert ptyproto.to_guest(kind, payload) == b"", (kind, payload)
+
+
+def test_relay_frames_decode_across_reads() -> None:
+    stream = (ptyproto._encode(GuestFrame.READY, b"42") + ptyproto._encode(GuestFrame.STDOUT, b"hello\r\n")
+              + ptyproto._encode(GuestFrame.EXIT, b"3"))
+    decoder = ptyproto.GuestDecoder()
+    frames = [frame for i in range(len(stream)) for frame in decoder.feed(stream[i:i + 1])]
+    assert frames == [(GuestFrame.READY, b"42"), (GuestFrame.STDOUT, b"hello\r\n"), (GuestFrame.EXIT, b"3")]
+    assert ptyproto.number(b"42") == 42 and ptyproto.number(b"x") is None
+    with pytest.raises(ValueError, match="pty relay"):
+        list(ptyproto.GuestDecoder().feed(bytes([99, 0, 0, 0, 0, 0, 0, 0])))
+
+
+def test_the_monitor_relays_a_tty_workload(tmp_path: Path) -> None:
+    """VmPump with a pty port: the relay's output goes to the log and the clients as stdout;
+    the clients' frames go to the relay, translated."""
+    import socket
+
+    names = ("console", "stdin", "stdout", "stderr", "exit", ptyproto.WORKLOAD_PORT)
+    pairs = {name: socket.socketpair() for name in names}
+    ports = {name: ours for name, (ours, _) in pairs.items()}
+    guest = {name: theirs for name, (_, theirs) in pairs.items()}
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "attach.sock"))
+    listener.listen(1)
+    sleeper = subprocess.Popen(["sleep", "30"])
+    log_fd = os.open(tmp_path / "ctr.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        pump = VmPump(sleeper.pid, listener, ports, Console(str(tmp_path / "console.log")), LogWriter(log_fd),
+                      stdin=True)
+        client, theirs = socket.socketpair()
+        pump.clients.append(theirs)
+        guest["pty"].sendall(ptyproto._encode(GuestFrame.READY, b"7") + ptyproto._encode(GuestFrame.STDOUT, b"$ "))
+        pump._on_output(ports["pty"].fileno(), PTY)
+        client.settimeout(5)
+        assert list(Decoder().feed(client.recv(4096))) == [(Frame.STDOUT, b"$ ")]
+        assert [e.data for e in read_entries((tmp_path / "ctr.log").read_bytes())] == [b"$ "]
+        pump._on_frame(Frame.STDIN, b"exit\r")
+        pump._on_frame(Frame.RESIZE, b'{"rows": 24, "cols": 80}')
+        pump._on_frame(Frame.SIGNAL, b"2")
+        guest["pty"].settimeout(5)
+        got = list(ptyproto.GuestDecoder().feed(guest["pty"].recv(4096)))
+        assert got == [(GuestFrame.STDIN, b"exit\r"), (GuestFrame.RESIZE, b"24 80"), (GuestFrame.SIGNAL, b"2")]
+        guest["pty"].close()  # the guest side going away closes the stream
+        before = pump.open_outputs
+        pump._on_output(ports["pty"].fileno(), PTY)
+        assert pump.open_outputs == before - 1
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        os.close(log_fd)
+
+
+def test_console_names_a_panic_and_keeps_what_led_to_it(tmp_path: Path) -> None:
+    console = Console(str(tmp_path / "console.log"))
+    console.feed(b"isobox-init: workload\r\n[    8.29] sysrq: Trigger a crash\r\n"
+                 b"[    8.29] Kernel panic - not syncing: sysrq triggered crash\r\n")
+    console.feed(b"".join(b"[    8.30]  frame_%d+0x1/0x2\r\n" % i for i in range(40)))
+    assert console.panic == "Kernel panic - not syncing: sysrq triggered crash"
+    message = console.failure("the VM stopped")
+    assert message.startswith("the guest kernel panicked (Kernel panic - not syncing: sysrq triggered crash); "
+                              "the VM stopped; last console lines:\n")
+    tail = message.split("\n")[1:]
+    assert tail[:2] == ["isobox-init: workload", "[    8.29] sysrq: Trigger a crash"]
+    assert len(tail) == 6  # what led to it, the panic, 3 lines after: not the whole stack dump
+    assert b"frame_39" in (tmp_path / "console.log").read_bytes()  # the log keeps everything
+    quiet = Console(str(tmp_path / "c2.log"))
+    assert quiet.failure("the VM stopped") == "the VM stopped"
+
+
+def test_exec_t_is_refused_for_a_firmware_booted_os() -> None:
+    from types import SimpleNamespace
+
+    from isobox.runtimes.base import ExecRequest
+    from isobox.runtimes.vm.runtime import VmRuntime
+
+    image = SimpleNamespace(disk={"kind": "qcow2"})
+    spec = SimpleNamespace(image="localhost/os:1")
+    request = ExecRequest(["sh"], {}, None, None, tty=True, interactive=True, privileged=False)
+    with pytest.raises(InvalidArgument, match="exec -t is not supported for localhost/os:1"):
+        VmRuntime().exec(SimpleNamespace(id="0" * 64), spec, image, request)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ A chardev socket takes one client at a time, so every use holds an flock on ``qg
 ``isobox exec`` runs as a small process (``python -m isobox.runtimes.vm.agent``) that speaks the
 attach protocol to the client, like a container exec's monitor: STDOUT/STDERR frames, then EXIT.
 qemu-ga buffers a command's output until it ends, so output arrives when the command exits.
+``exec -t`` needs a terminal and a live stream, which qemu-ga cannot give: ``ptyexec.py``.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def guest_exec(agent: GuestAgent, argv: list[str], stdin: bytes | None) -> tuple
 # -- the exec process -----------------------------------------------------------------------------
 
 
-def start_exec(run_dir: Path, argv: list[str], interactive: bool) -> tuple[Launched, str]:
-    """Start the exec process; returns once it listens on the socket the client attaches to."""
+def start_exec(run_dir: Path, argv: list[str], interactive: bool, tty: bool = False) -> tuple[Launched, str]:
+    """Start the exec process (``ptyexec`` for a terminal session); returns once it listens on
+    the socket the client attaches to."""
     if not (run_dir / "qga.sock").exists():
         raise Conflict("the VM is not running")
     sock_path = run_dir / f"exec-{secrets.token_hex(6)}.sock"
@@ -159,7 +161,8 @@ def start_exec(run_dir: Path, argv: list[str], interactive: bool) -> tuple[Launc
     req.write_text(json.dumps({"argv": argv, "interactive": interactive, "sock": str(sock_path)}))
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     os.set_inheritable(status_w, True)
-    proc = subprocess.Popen([sys.executable, "-m", "isobox.runtimes.vm.agent", str(run_dir), str(req), str(status_w)],
+    module = "isobox.runtimes.vm.ptyexec" if tty else "isobox.runtimes.vm.agent"
+    proc = subprocess.Popen([sys.executable, "-m", module, str(run_dir), str(req), str(status_w)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             pass_fds=(status_w,), start_new_session=True)
     os.close(status_w)
@@ -177,25 +180,36 @@ def start_exec(run_dir: Path, argv: list[str], interactive: bool) -> tuple[Launc
     return Launched(proc.pid, 0, proc.pid, 0, status_r), str(sock_path)
 
 
-def _exec_main(run_dir: Path, req_path: Path, status_fd: int) -> None:
-    req = json.loads(req_path.read_text())
+def read_request(req_path: Path) -> dict[str, Any]:
+    req: dict[str, Any] = json.loads(req_path.read_text())
     req_path.unlink()
+    return req
+
+
+def accept_client(sock_path: str, status_fd: int, timeout: float = 60.0) -> socket.socket:
+    """Listen at ``sock_path`` (root-only), report our pid on the status fd, take one client."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old = os.umask(0o177)
     try:
-        listener.bind(req["sock"])
+        listener.bind(sock_path)
     finally:
         os.umask(old)
     listener.listen(1)
     me = os.getpid()
     os.write(status_fd, json.dumps({"pid": me, "monitor": me}).encode() + b"\n")
-    listener.settimeout(60)
+    listener.settimeout(timeout)
     try:
         client, _ = listener.accept()
     finally:
         listener.close()
-        os.unlink(req["sock"])
+        os.unlink(sock_path)
     client.settimeout(None)
+    return client
+
+
+def _exec_main(run_dir: Path, req_path: Path, status_fd: int) -> None:
+    req = read_request(req_path)
+    client = accept_client(req["sock"], status_fd)
     stdin = b""
     if req["interactive"]:
         decoder = attach.Decoder()

@@ -5,10 +5,12 @@ image's root disk (an ext4 base with a per-VM qcow2 overlay, so it is writable h
 volumes (virtio-fs), starts qemu-ga for exec/cp/shutdown, then runs the workload through
 ``isobox-run`` (``guestrun.c``: chroot, user, environment, working directory), its stdio on
 virtio-serial ports the host monitor reads.  The exit code goes back on the ``exit`` port; signals come in on ``signal``.
+With ``-t`` the workload's ``isobox-run --pty`` is a pty relay (see ``ptyproto.py``): it finds its
+own port by name, and its own stdio carry only its errors.
 
 Host <-> guest contract (see ``qemu.py``):
     disk serial  isobox-root  the root disk      isobox-spec  the spec (a sh script ending "#END")
-    ports        stdin stdout stderr exit signal org.qemu.guest_agent.0
+    ports        stdin stdout stderr exit signal [pty] org.qemu.guest_agent.0; exec -t's hot-plugged
     console      ttyS0: kernel and init messages; "isobox-init: <stage>" lines mark progress;
                  then a shell (``isobox console``)
 '''
@@ -31,9 +33,12 @@ disk() {
 }
 n=0
 while :; do
-    ROOT=$(disk isobox-root) && SPEC=$(disk isobox-spec) && [ -e /dev/port-exit ] && break
-    for p in /sys/class/virtio-ports/*; do
-        [ -f $p/name ] && ln -sf /dev/${p##*/} /dev/port-$(cat $p/name) 2>/dev/null
+    # The agent's port is the last on QEMU's command line: once it is linked, all the others are.
+    ROOT=$(disk isobox-root) && SPEC=$(disk isobox-spec) && [ -e /dev/port-exit ] \
+        && [ -e /dev/port-org.qemu.guest_agent.0 ] && break
+    for p in /sys/class/virtio-ports/*; do  # no command substitution: a fork is dear under TCG
+        read -r name 2>/dev/null < $p/name && [ -n "$name" ] && [ ! -L /dev/port-$name ] \
+            && ln -s /dev/${p##*/} /dev/port-$name
     done
     n=$((n+1)); [ $n -gt 2000 ] && { say "error: devices did not appear"; poweroff -f; }
     usleep 5000

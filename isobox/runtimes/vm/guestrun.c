@@ -1,21 +1,46 @@
 /* isobox-run: the guest-side exec of a workload (static, in the isobox initramfs).
  *
- *   isobox-run ROOT UID GID GROUPS WORKDIR NENV K=V... -- PROG ARGS...
+ *   isobox-run [--pty PORT] ROOT UID GID GROUPS WORKDIR NENV K=V... -- PROG ARGS...
  *
  * chroot into ROOT, create and enter WORKDIR (Docker creates a missing one), drop to UID/GID
  * with the supplementary GROUPS ("-" for none, else comma-separated), replace the environment,
  * and execvp PROG with the workload's PATH.  Exit codes follow Docker: 127 when PROG is not
  * found, 126 when it cannot be run or the working directory cannot be entered.
  * busybox has no numeric setuid applet, so this small helper is compiled once by the host.
+ *
+ * With --pty, PROG gets a terminal (run -t, exec -t): a pty of the devpts instance mounted in
+ * ROOT (so `tty` says /dev/pts/N inside), PROG as the session leader with the pty as its
+ * controlling terminal.  This process stays outside as the relay between the pty master and the
+ * virtio-serial port named PORT, in isobox's attach framing (8-byte header: type, 3 zero bytes,
+ * big-endian length; see ptyproto.py):
+ *     host -> guest  STDIN(0) bytes, RESIZE(5) "ROWS COLS", SIGNAL(6) "N", STDIN_EOF(7)
+ *     guest -> host  READY(8) our pid (first), STDOUT(1) bytes, EXIT(3) "CODE" (last)
+ * It exits with PROG's code (128+N for a signal).  EOF on the port means the host went away:
+ * the pty is hung up (SIGHUP to the session), as sshd does when its client disconnects.
+ * Either way PROG starts with default signal dispositions and an empty signal mask.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
+
+enum { F_STDIN = 0, F_STDOUT = 1, F_EXIT = 3, F_RESIZE = 5, F_SIGNAL = 6, F_STDIN_EOF = 7, F_READY = 8 };
+#define CHUNK 16384
+#define PENDING_MAX 65536 /* input waiting for the pty; the port is not read while it is full */
+#define READY_PATIENCE_MS 10000 /* for the host end to connect (it does before it starts us) */
 
 static void mkdirs(char *path) {
     for (char *p = path + 1; *p; p++) {
@@ -24,13 +49,17 @@ static void mkdirs(char *path) {
     mkdir(path, 0755);
 }
 
-int main(int argc, char **argv) {
-    if (argc < 9) { fprintf(stderr, "usage: isobox-run ROOT UID GID GROUPS WORKDIR NENV ENV... -- PROG\n"); return 125; }
-    uid_t uid = (uid_t)strtoul(argv[2], NULL, 10);
-    gid_t gid = (gid_t)strtoul(argv[3], NULL, 10);
-    int nenv = atoi(argv[6]);
-    if (7 + nenv + 1 >= argc || strcmp(argv[7 + nenv], "--") != 0) { fprintf(stderr, "isobox-run: bad arguments\n"); return 125; }
-    if (chroot(argv[1]) < 0 || chdir("/") < 0) { perror("isobox-run: chroot"); return 125; }
+/* Become the workload: working directory, identity, environment, exec.  Returns only on error. */
+static int become(char **argv, int nenv) {
+    /* Default signal dispositions, as a container's process starts with: the init starts us with
+     * `&`, and a non-interactive shell's background commands ignore SIGINT and SIGQUIT (which a
+     * workload's own shell would then keep ignoring, so that Ctrl-C would not reach its jobs). */
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     char *wd = strdup(argv[5]);
     mkdirs(wd);
     gid_t groups[64];
@@ -39,7 +68,8 @@ int main(int argc, char **argv) {
         for (char *tok = strtok(argv[4], ","); tok && ngroups < 64; tok = strtok(NULL, ","))
             groups[ngroups++] = (gid_t)strtoul(tok, NULL, 10);
     }
-    if (setgroups(ngroups, groups) < 0 || setgid(gid) < 0 || setuid(uid) < 0) { perror("isobox-run: setuid"); return 125; }
+    if (setgroups(ngroups, groups) < 0 || setgid((gid_t)strtoul(argv[3], NULL, 10)) < 0
+        || setuid((uid_t)strtoul(argv[2], NULL, 10)) < 0) { perror("isobox-run: setuid"); return 125; }
     if (chdir(argv[5]) < 0) {
         fprintf(stderr, "chdir to cwd (\"%s\") set in config: %s\n", argv[5], strerror(errno));
         return 126;
@@ -52,4 +82,256 @@ int main(int argc, char **argv) {
     int err = errno;
     fprintf(stderr, "exec: \"%s\": %s\n", prog[0], err == ENOENT ? "executable file not found in $PATH" : strerror(err));
     return err == ENOENT ? 127 : 126;
+}
+
+/* -- the pty relay ------------------------------------------------------------------------------ */
+
+/* Waits until the host can take data: a virtio-serial write would block for as long as no
+ * host end is connected, so a relay whose host went away would hang on to its port forever.
+ * POLLHUP is "no host connected"; ``patience_ms`` tolerates that while the host is on its way. */
+static int wait_writable(int fd, int patience_ms) {
+    for (;;) {
+        struct pollfd p = { fd, POLLOUT, 0 };
+        int ready = poll(&p, 1, -1);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready < 0) return -1;
+        if (p.revents & POLLOUT) return 0;
+        if (!(p.revents & POLLHUP) || patience_ms <= 0) return -1;
+        usleep(10000);
+        patience_ms -= 10;
+    }
+}
+
+static int write_all(int fd, const unsigned char *buf, size_t len, int patience_ms) {
+    while (len) {
+        if (wait_writable(fd, patience_ms) < 0) return -1;
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (n <= 0) return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static unsigned char frame_buf[8 + CHUNK];
+
+static int send_frame(int fd, int type, const void *data, size_t len, int patience_ms) {
+    frame_buf[0] = (unsigned char)type;
+    frame_buf[1] = frame_buf[2] = frame_buf[3] = 0;
+    for (int i = 0; i < 4; i++) frame_buf[4 + i] = (unsigned char)(len >> (24 - 8 * i));
+    memcpy(frame_buf + 8, data, len);
+    return write_all(fd, frame_buf, 8 + len, patience_ms);
+}
+
+/* The port by its virtio-serial name (no /dev/port-* link needed): an exec -t session's is
+ * hot-plugged just before qemu-ga starts us, and may take a moment to appear. */
+static int open_port(const char *name) {
+    char path[300], dev[300], got[128];
+    for (int tries = 0; tries < 1000; tries++) {
+        DIR *dir = opendir("/sys/class/virtio-ports");
+        struct dirent *e;
+        while (dir && (e = readdir(dir))) {
+            if (e->d_name[0] == '.') continue;
+            snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+            FILE *fh = fopen(path, "re");
+            if (!fh) continue;
+            int match = fgets(got, sizeof got, fh) != NULL;
+            fclose(fh);
+            got[strcspn(got, "\n")] = 0;
+            if (match) match = strcmp(got, name) == 0;
+            if (!match) continue;
+            snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
+            int fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC);
+            if (fd >= 0) { closedir(dir); return fd; }
+            if (errno != EBUSY && errno != ENOENT) { perror("isobox-run: open port"); closedir(dir); return -1; }
+        }
+        if (dir) closedir(dir);
+        usleep(10000);
+    }
+    fprintf(stderr, "isobox-run: virtio port %s is missing or busy\n", name);
+    return -1;
+}
+
+struct relay {
+    int port, master, sigfd;
+    pid_t child;
+    unsigned char pending[PENDING_MAX]; /* for the pty */
+    size_t npending;
+    unsigned char hdr[8]; /* the frame being parsed */
+    int nhdr, type;
+    uint32_t left;
+    char ctl[64]; /* a control frame's payload */
+    size_t nctl;
+};
+
+static void on_control(struct relay *r) {
+    r->ctl[r->nctl] = 0;
+    if (r->type == F_RESIZE) {
+        unsigned rows = 0, cols = 0;
+        if (sscanf(r->ctl, "%u %u", &rows, &cols) == 2 && rows && cols && rows < 65536 && cols < 65536) {
+            struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+            ioctl(r->master, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH to the foreground */
+        }
+    } else if (r->type == F_SIGNAL) {
+        int sig = atoi(r->ctl);
+        if (sig > 0 && sig < NSIG) kill(r->child, sig);
+    } else if (r->type == F_STDIN_EOF && r->npending < PENDING_MAX) {
+        r->pending[r->npending++] = 4; /* a tty has no EOF of its own: ^D, as a container's monitor does */
+    }
+}
+
+/* Frames from the host; STDIN payloads go to the pending buffer (there is room: see the caller). */
+static void on_port_data(struct relay *r, const unsigned char *p, size_t n) {
+    while (n) {
+        if (r->nhdr < 8) {
+            r->hdr[r->nhdr++] = *p++;
+            n--;
+            if (r->nhdr < 8) continue;
+            r->type = r->hdr[0];
+            r->left = (uint32_t)r->hdr[4] << 24 | (uint32_t)r->hdr[5] << 16 | (uint32_t)r->hdr[6] << 8 | r->hdr[7];
+            r->nctl = 0;
+        } else {
+            size_t take = n < r->left ? n : r->left;
+            if (r->type == F_STDIN) {
+                memcpy(r->pending + r->npending, p, take);
+                r->npending += take;
+            } else {
+                for (size_t i = 0; i < take && r->nctl < sizeof r->ctl - 1; i++) r->ctl[r->nctl++] = (char)p[i];
+            }
+            p += take;
+            n -= take;
+            r->left -= (uint32_t)take;
+        }
+        if (r->nhdr == 8 && r->left == 0) {
+            if (r->type != F_STDIN) on_control(r);
+            r->nhdr = 0;
+        }
+    }
+}
+
+static int exit_code(int status) {
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+/* Pump until PROG has exited and the pty is drained (all its writers gone, or quiet for 0.2 s:
+ * a background job may keep the pty open).  Returns PROG's exit code, or -1 when the host went
+ * away (the pty is then hung up: SIGHUP to the session, as sshd does when its client leaves). */
+static int pump(struct relay *r) {
+    int status = -1, master_open = 1;
+    unsigned char buf[CHUNK];
+    for (;;) {
+        if (status != -1 && !master_open) break;
+        struct pollfd fds[3] = {
+            { r->port, r->npending + CHUNK <= PENDING_MAX ? POLLIN : 0, 0 },
+            { master_open ? r->master : -1, POLLIN | (r->npending ? POLLOUT : 0), 0 },
+            { r->sigfd, POLLIN, 0 },
+        };
+        int ready = poll(fds, 3, status == -1 ? -1 : 200);
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0) break; /* exited and quiet */
+        if (fds[2].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(r->sigfd, &si, sizeof si) == sizeof si && si.ssi_signo != SIGCHLD)
+                kill(r->child, (int)si.ssi_signo); /* forwarded, as the init forwards to a workload */
+            int st;
+            if (status == -1 && waitpid(r->child, &st, WNOHANG) == r->child) status = st;
+        }
+        if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            /* No room means we did not ask for input: then this is the host's hang-up. */
+            ssize_t n = r->npending + CHUNK <= PENDING_MAX ? read(r->port, buf, CHUNK) : 0;
+            if (n > 0) {
+                on_port_data(r, buf, (size_t)n);
+            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+                close(r->master); /* the hang-up */
+                if (status == -1) kill(r->child, SIGHUP);
+                return -1;
+            }
+        }
+        if (r->npending && (fds[1].revents & POLLOUT)) {
+            ssize_t n = write(r->master, r->pending, r->npending);
+            if (n > 0) {
+                memmove(r->pending, r->pending + n, r->npending - (size_t)n);
+                r->npending -= (size_t)n;
+            }
+        }
+        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t n = read(r->master, buf, CHUNK);
+            if (n > 0) {
+                if (send_frame(r->port, F_STDOUT, buf, (size_t)n, 0) < 0) {
+                    close(r->master);
+                    if (status == -1) kill(r->child, SIGHUP);
+                    return -1;
+                }
+            } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
+                master_open = 0; /* EIO: every holder of the pty is gone (PROG may still run) */
+            }
+        }
+    }
+    return exit_code(status);
+}
+
+static int run_with_pty(const char *port_name, char **argv, int nenv) {
+    int port = open_port(port_name);
+    if (port < 0) return 125;
+    if (chroot(argv[1]) < 0 || chdir("/") < 0) { perror("isobox-run: chroot"); return 125; }
+    /* The devpts instance mounted in the image's root (newinstance): its ptys are the workload's. */
+    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    int unlock = 0;
+    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0) { perror("isobox-run: /dev/pts/ptmx"); return 125; }
+    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+    if (slave < 0) { perror("isobox-run: pty"); return 125; }
+    if (fchown(slave, (uid_t)strtoul(argv[2], NULL, 10), (gid_t)strtoul(argv[3], NULL, 10)) < 0) {
+        perror("isobox-run: chown pty");
+    }
+    sigset_t mask;
+    sigemptyset(&mask);
+    int forwarded[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPWR };
+    for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++) sigaddset(&mask, forwarded[i]);
+    sigprocmask(SIG_BLOCK, &mask, NULL); /* for the signalfd; PROG gets an empty mask (become) */
+    int sigfd = signalfd(-1, &mask, SFD_CLOEXEC);
+    /* READY (with our pid) before PROG starts: the write blocks until the host is connected. */
+    char pid[16];
+    int npid = snprintf(pid, sizeof pid, "%d", (int)getpid());
+    if (sigfd < 0 || send_frame(port, F_READY, pid, (size_t)npid, READY_PATIENCE_MS) < 0) {
+        fprintf(stderr, "isobox-run: no host end on virtio port %s\n", port_name);
+        return 125;
+    }
+    pid_t child = fork();
+    if (child < 0) { perror("isobox-run: fork"); return 125; }
+    if (child == 0) {
+        if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) { perror("isobox-run: controlling tty"); _exit(125); }
+        dup2(slave, 0);
+        dup2(slave, 1);
+        dup2(slave, 2);
+        if (slave > 2) close(slave);
+        _exit(become(argv, nenv));
+    }
+    close(slave);
+    static struct relay r;
+    r.port = port;
+    r.master = master;
+    r.sigfd = sigfd;
+    r.child = child;
+    int code = pump(&r);
+    if (code < 0) return 129; /* hung up */
+    char text[16];
+    int ntext = snprintf(text, sizeof text, "%d", code);
+    send_frame(port, F_EXIT, text, (size_t)ntext, 0);
+    return code;
+}
+
+int main(int argc, char **argv) {
+    const char *pty_port = NULL;
+    if (argc > 2 && strcmp(argv[1], "--pty") == 0) {
+        pty_port = argv[2];
+        argv += 2;
+        argc -= 2;
+    }
+    if (argc < 9) { fprintf(stderr, "usage: isobox-run [--pty PORT] ROOT UID GID GROUPS WORKDIR NENV ENV... -- PROG\n"); return 125; }
+    int nenv = atoi(argv[6]);
+    if (7 + nenv + 1 >= argc || strcmp(argv[7 + nenv], "--") != 0) { fprintf(stderr, "isobox-run: bad arguments\n"); return 125; }
+    if (pty_port) return run_with_pty(pty_port, argv, nenv);
+    if (chroot(argv[1]) < 0 || chdir("/") < 0) { perror("isobox-run: chroot"); return 125; }
+    return become(argv, nenv);
 }

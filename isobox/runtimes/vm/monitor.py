@@ -9,6 +9,13 @@ console lines, when QEMU dies, the kernel panics or the mark does not come in ti
 that it is the container monitor's ``Pump`` (log, attach clients), extended for the console and
 the exit port, and it writes the guest workload's exit code to the exit file.
 
+With ``pty`` (``run -t``) the workload's terminal is a pty in the guest behind a relay on the
+``pty`` port (``ptyproto.py``): its output is the log's and the clients' stdout; their stdin,
+resizes and signals go to the relay.
+
+A guest kernel panic ends QEMU at once (``panic=-1``, ``-no-reboot``); the error then names the
+panic and carries the console's last lines, whether it came before the workload or during it.
+
 A firmware-booted OS (``firmware``: a disk image, see ``firmware.py``) has no isobox init: the
 VM counts as started once QEMU has built the machine (its QMP greeting), the serial console is
 the workload's output (the log, attached clients) and input, SIGTERM/SIGINT press the ACPI power
@@ -37,11 +44,15 @@ from isobox.errors import RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus, Pump, write_file_atomic
+from isobox.runtimes.vm import ptyproto
+from isobox.runtimes.vm.qemu import SOCKETS
 
-CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
+CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT, PTY = 10, 11, 12, 13, 14
 READY_MARK = b"isobox-init: workload"
+PANIC_MARK = b"Kernel panic - not syncing"
 ATTACH_TIMEOUT = 60.0
 CONSOLE_TAIL = 20
+AFTER_PANIC = 3  # console lines kept in the tail after a panic's (the console.log has them all)
 POWER_BUTTON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGPWR)  # firmware boots: ACPI powerdown
 QMP_TIMEOUT = 10.0
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"  # Debian's qemu-system-common (QEMU 7.2's C virtiofsd)
@@ -58,6 +69,7 @@ class MonitorConfig:
     boot_timeout: float
     volumes: list[tuple[str, bool]] = field(default_factory=list)  # (host dir, read-only)
     firmware: bool = False  # a firmware-booted OS: no isobox init, the console is the output
+    pty: bool = False  # run -t: the workload's terminal is behind the guest's relay on the pty port
 
     def sock(self, name: str) -> str:
         return os.path.join(self.run_dir, f"{name}.sock")
@@ -78,6 +90,8 @@ class Console:
         self.lines: deque[bytes] = deque(maxlen=CONSOLE_TAIL)
         self.partial = b""
         self.ready = False
+        self.panic: str | None = None  # the kernel's panic line, once seen
+        self.after_panic = 0
 
     def feed(self, data: bytes) -> None:
         os.write(self.fd, data)
@@ -87,11 +101,26 @@ class Console:
             line = line.rstrip(b"\r")
             if line.startswith(READY_MARK):
                 self.ready = True
+            if self.panic is None and (at := line.find(PANIC_MARK)) >= 0:
+                self.panic = line[at:].decode(errors="replace").strip()
+                self.after_panic = 0
+            elif self.panic is not None:
+                # What led to a panic explains it; the stack dump after it rarely does.
+                self.after_panic += 1
+                if self.after_panic > AFTER_PANIC:
+                    continue
             self.lines.append(line)
 
     def tail(self) -> str:
         lines = [*self.lines, self.partial] if self.partial else list(self.lines)
         return "\n".join(line.decode(errors="replace") for line in lines if line.strip())
+
+    def failure(self, what: str) -> str:
+        """``what`` went wrong, with the panic named first when the guest kernel panicked."""
+        if self.panic:
+            what = f"the guest kernel panicked ({self.panic}); {what}"
+        tail = self.tail()
+        return f"{what}; last console lines:\n{tail}" if tail else what
 
 
 def _process_start(pid: int) -> int:
@@ -128,6 +157,11 @@ class VmPump(Pump):
             outputs = {ports["stdout"].fileno(): 1, ports["stderr"].fileno(): 2,
                        ports["console"].fileno(): CONSOLE, ports["exit"].fileno(): EXIT}
             stdin_fd = ports["stdin"].fileno() if stdin else None
+        # run -t: the relay's frames are the workload's output; every client frame goes to it.
+        self.pty = ports.get(ptyproto.WORKLOAD_PORT)
+        self.pty_decoder = ptyproto.GuestDecoder()
+        if self.pty is not None:
+            outputs[self.pty.fileno()] = PTY
         super().__init__(qemu_pid, listener, outputs, stdin_fd, None, log)
         self.firmware = firmware
         self.qmp_path = os.path.join(os.path.dirname(listener.getsockname()), "qmp.sock")
@@ -142,6 +176,9 @@ class VmPump(Pump):
     def _on_output(self, fd: int, stream: int) -> None:
         if stream in (1, 2):
             super()._on_output(fd, stream)
+            return
+        if stream == PTY:
+            self._on_pty(fd)
             return
         if stream == CONSOLE_LISTEN:
             with contextlib.suppress(OSError):
@@ -187,7 +224,29 @@ class VmPump(Pump):
         else:
             self.exit_line += data
 
+    def _on_pty(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+            frames = list(self.pty_decoder.feed(data))
+        except (OSError, ValueError):  # ValueError: not the relay's framing; nothing more to trust
+            data, frames = b"", []
+        if not data:
+            self.sel.unregister(fd)
+            self.open_outputs -= 1
+            return
+        for kind, payload in frames:
+            if kind == ptyproto.GuestFrame.STDOUT and payload:
+                if self.log is not None:
+                    self.log.write(1, payload)
+                self.broadcast(ptyproto.stdout_frame(payload))
+            # READY and EXIT: the init reports the exit code on the exit port, as without -t
+
     def _on_frame(self, kind: Frame, payload: bytes) -> None:
+        if self.pty is not None:
+            if data := ptyproto.to_guest(kind, payload):
+                with contextlib.suppress(OSError):
+                    self.pty.sendall(data)
+            return
         if self.firmware and kind == Frame.STDIN_EOF:
             self.stdin_fd = None  # the console stays open for `isobox console`
             return
@@ -349,7 +408,9 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
     ports: dict[str, socket.socket] = {}
     try:
         deadline = time.monotonic() + cfg.boot_timeout
-        names = ("console",) if cfg.firmware else ("console", "stdin", "stdout", "stderr", "exit", "signal")
+        names: tuple[str, ...] = ("console",) if cfg.firmware else ("console", "stdin", "stdout", "stderr", "exit", "signal")
+        if cfg.pty:
+            names += (ptyproto.WORKLOAD_PORT,)
         for name in names:
             ports[name] = _connect(cfg.sock(name), qemu, time.monotonic() + 10)
         if cfg.firmware:
@@ -359,9 +420,11 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
     except BootFailure as exc:
         _stop_qemu(qemu)
         _stop_volumes(cfg, virtiofsd)
+        _remove_sockets(cfg)
         qemu_err = Path(cfg.run_dir, "qemu.log").read_text(errors="replace").strip()
-        detail = "\n".join(x for x in (console.tail(), qemu_err) if x)
-        message = f"{exc}; last console lines:\n{detail}" if detail else str(exc)
+        message = console.failure(str(exc))
+        if qemu_err:
+            message += ("\n" if "\n" in message else "; QEMU said:\n") + qemu_err
         os.write(status_fd, json.dumps({"error": message}).encode() + b"\n")
         return
     me = os.getpid()
@@ -384,12 +447,18 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
                 error = "QEMU failed: " + Path(cfg.run_dir, "qemu.log").read_text(errors="replace").strip()[-500:]
         else:
             code = 255
-            error = "the VM stopped without reporting the workload's exit; last console lines:\n" + console.tail()
+            error = console.failure("the VM stopped without reporting the workload's exit")
     result = ExitStatus(code, False, error, time.time())
     write_file_atomic(cfg.exit_path, json.dumps(result.to_json()).encode(), durable=False)
     pump.finish(result)
     os.close(status_fd)
-    for name in ("attach", "tty", "console", "stdin", "stdout", "stderr", "exit", "signal", "qga", "qmp"):
+    _remove_sockets(cfg)
+
+
+def _remove_sockets(cfg: MonitorConfig) -> None:
+    exec_ports = Path(cfg.run_dir).glob(f"{ptyproto.EXEC_PORT_PREFIX}*.sock")  # a crashed exec -t's
+    names = [*SOCKETS, *(p.stem for p in exec_ports)]
+    for name in names:
         with contextlib.suppress(OSError):
             os.unlink(cfg.sock(name))
 

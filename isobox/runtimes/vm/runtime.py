@@ -31,7 +31,7 @@ from isobox.runtimes.base import ExecRequest, Launched
 from isobox.runtimes.container.monitor import ExitStatus, read_exit_file
 from isobox.runtimes.container.process import resolve_identity
 from isobox.runtimes.vm import accel as accels
-from isobox.runtimes.vm import guest, qemu, specdisk
+from isobox.runtimes.vm import guest, ptyproto, qemu, specdisk
 from isobox.runtimes.vm.monitor import VIRTIOFSD, MonitorConfig, read_line, unmount_under
 from isobox.spec import WorkloadSpec
 from isobox.state import ContainerRecord
@@ -71,7 +71,7 @@ def _layer_db(image: Image) -> Callable[[str], list[list[str]]]:
 
 def guest_process(spec: WorkloadSpec, image: Image, argv: list[str] | None = None,
                   env_extra: dict[str, str] | None = None, workdir: str | None = None,
-                  user: str | None = None) -> specdisk.GuestProcess:
+                  user: str | None = None, tty: bool = False) -> specdisk.GuestProcess:
     if argv is None:
         if spec.entrypoint is not None:
             argv = [*spec.entrypoint, *spec.command]
@@ -86,6 +86,8 @@ def guest_process(spec: WorkloadSpec, image: Image, argv: list[str] | None = Non
     env.update(env_extra or {})
     env.setdefault("HOSTNAME", spec.hostname or "")
     env.setdefault("HOME", ident.home)
+    if tty:
+        env.setdefault("TERM", "xterm")  # as a container with -t has it
     return specdisk.GuestProcess(argv, env, workdir or spec.workdir or image.config.workdir or "/",
                                  ident.uid, ident.gid, ident.groups)
 
@@ -118,9 +120,6 @@ class VmRuntime:
         if spec.firmware:
             raise InvalidArgument(f"--firmware is for VM disk images; {spec.image} boots isobox's kernel directly",
                                   hint="images from `image import-disk` or `image build debian:bookworm --bootable`")
-        if spec.tty:
-            raise InvalidArgument("-t is not supported with --isolation vm yet (the workload's stdio are "
-                                  "virtio-serial ports)", hint="use -i without -t, or `isobox console NAME`")
         for mount in spec.mounts:
             if not os.path.isdir(mount.source):
                 raise InvalidArgument(f"a VM volume must be an existing directory: {mount.source}",
@@ -135,7 +134,7 @@ class VmRuntime:
             from isobox.runtimes.vm import diskboot
 
             return diskboot.start(rec, spec, image, attach, network)
-        proc = guest_process(spec, image)
+        proc = guest_process(spec, image, tty=spec.tty)
         proc.env["HOSTNAME"] = spec.hostname or rec.id[:12]
         chosen = accels.choose()
         boot = guest.boot_files()
@@ -152,7 +151,8 @@ class VmRuntime:
         net = None if network is None else specdisk.GuestNetwork(
             f"{network.address}/{network.prefixlen}", network.gateway,
             list(dict.fromkeys([spec.hostname or rec.id[:12], rec.name])))
-        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net)
+        pty = ptyproto.WORKLOAD_PORT if spec.tty else None
+        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net, pty)
         spec_disk.write_bytes(specdisk.disk_image(script))
         extra = []
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
@@ -160,13 +160,13 @@ class VmRuntime:
         cfg = qemu.VmConfig(run_dir=rdir, kernel=boot.kernel, initramfs=boot.initramfs, root_disk=overlay,
                             spec_disk=spec_disk, accel=chosen.name, memory_mib=memory_mib(spec),
                             cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}", extra_kernel_args=extra,
-                            volumes=len(spec.mounts),
+                            volumes=len(spec.mounts), pty=spec.tty,
                             nic=None if network is None else (network.lease.link, network.lease.mac))
         argv = qemu.qemu_cmdline(cfg)
         mcfg = MonitorConfig(argv=argv, run_dir=str(rdir), log_path=str(ddir / "ctr.log"),
                              console_log=str(ddir / "console.log"), exit_path=str(exit_path(rec.id)),
                              wait_attach=attach, boot_timeout=BOOT_TIMEOUT[chosen.name],
-                             volumes=[(m.source, m.readonly) for m in spec.mounts])
+                             volumes=[(m.source, m.readonly) for m in spec.mounts], pty=spec.tty)
         mcfg.save(rdir / "monitor.json")
         try:
             launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20)
@@ -261,16 +261,17 @@ class VmRuntime:
              request: ExecRequest) -> tuple[Launched, str]:
         from isobox.runtimes.vm.agent import start_exec
 
-        if request.tty:
-            raise InvalidArgument("exec -t is not supported in a VM yet (qemu-ga runs commands without a tty)",
-                                  hint="use -i without -t, or `isobox console NAME`")
         if image.disk:
             from isobox.runtimes.vm import diskboot
 
+            if request.tty:  # its qemu-ga runs commands without a terminal, and there is no isobox-run
+                raise InvalidArgument(f"exec -t is not supported for {spec.image}, an OS booted from its disk",
+                                      hint="use -i without -t, or `isobox console NAME` for a terminal")
             return start_exec(run_dir(rec.id), diskboot.exec_argv(request), request.interactive)
-        proc = guest_process(spec, image, request.command, request.env, request.workdir, request.user)
+        proc = guest_process(spec, image, request.command, request.env, request.workdir, request.user, request.tty)
         proc.env["HOSTNAME"] = spec.hostname or rec.id[:12]
-        return start_exec(run_dir(rec.id), specdisk.helper_argv(proc), request.interactive)
+        # exec -t: the guest's pty relay on a port plugged for the session (ptyexec.py), not qemu-ga's pipes
+        return start_exec(run_dir(rec.id), specdisk.helper_argv(proc), request.interactive, tty=request.tty)
 
     def stats(self, rec: ContainerRecord) -> dict[str, Any]:
         if not rec.pid:
@@ -297,7 +298,7 @@ class VmRuntime:
         """A dead monitor cannot stop QEMU: do it here (the pid is checked against reuse)."""
         with contextlib.suppress(Conflict):
             self._kill_qemu(rec)
-        for name in ("attach", "tty", "console", "stdin", "stdout", "stderr", "exit", "signal", "qga", "qmp"):
+        for name in qemu.SOCKETS:
             with contextlib.suppress(OSError):
                 (run_dir(rec.id) / f"{name}.sock").unlink()
         unmount_under(str(run_dir(rec.id)))

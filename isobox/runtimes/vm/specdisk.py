@@ -23,11 +23,13 @@ class GuestProcess:
     groups: list[int] = field(default_factory=list)
 
 
-def helper_argv(proc: GuestProcess) -> list[str]:
-    """``isobox-run`` (guestrun.c) with its arguments: the same for the workload and for exec."""
+def helper_argv(proc: GuestProcess, pty: str | None = None) -> list[str]:
+    """``isobox-run`` (guestrun.c) with its arguments: the same for the workload and for exec.
+    ``pty``: the virtio-serial port of a pty relay (``run -t``/``exec -t``, see ptyproto.py)."""
     env = [f"{k}={v}" for k, v in proc.env.items()]
     groups = ",".join(str(g) for g in proc.groups) or "-"
-    return [RUN_HELPER, ROOT, str(proc.uid), str(proc.gid), groups, proc.workdir, str(len(env)), *env,
+    relay = ["--pty", pty] if pty else []
+    return [RUN_HELPER, *relay, ROOT, str(proc.uid), str(proc.gid), groups, proc.workdir, str(len(env)), *env,
             "--", *proc.argv]
 
 
@@ -39,11 +41,13 @@ class GuestNetwork:
 
 
 def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
-                volumes: list[tuple[str, bool]] | None = None, net: GuestNetwork | None = None) -> str:
-    """``volumes``: (target, readonly) in order; volume i has the virtio-fs tag ``vol<i>``."""
+                volumes: list[tuple[str, bool]] | None = None, net: GuestNetwork | None = None,
+                pty: str | None = None) -> str:
+    """``volumes``: (target, readonly) in order; volume i has the virtio-fs tag ``vol<i>``.
+    ``pty``: the workload runs on a pty behind a relay on that port (its stdin comes from there)."""
     lines = [
         f"ISOBOX_HOSTNAME={shlex.quote(hostname)}",
-        f"ISOBOX_STDIN={1 if stdin else 0}",
+        f"ISOBOX_STDIN={1 if stdin and not pty else 0}",
     ]
     if net is not None:
         lines += [f"ISOBOX_NET_ADDR={shlex.quote(net.address)}", f"ISOBOX_NET_GW={shlex.quote(net.gateway)}",
@@ -55,7 +59,7 @@ def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
                   for i, (target, ro) in enumerate(volumes)]
         lines.append("}")
     lines += [
-        "set -- " + " ".join(shlex.quote(a) for a in helper_argv(proc)),
+        "set -- " + " ".join(shlex.quote(a) for a in helper_argv(proc, pty)),
         "#END",
     ]
     return "\n".join(lines) + "\n"

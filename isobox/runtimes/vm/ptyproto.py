@@ -1,0 +1,95 @@
+"""The guest's pty relay (``isobox-run --pty``, ``guestrun.c``) as the host sees it.
+
+``run -t`` and ``exec -t`` in a microVM give the workload a pty allocated in the guest; the
+relay beside it speaks isobox's attach framing (``attach.HEADER``) over a virtio-serial port:
+
+    host -> guest  STDIN bytes, STDIN_EOF, RESIZE "ROWS COLS", SIGNAL "N"
+    guest -> host  READY "PID" (first), STDOUT bytes, EXIT "CODE" (last)
+
+The client's RESIZE is JSON; the relay is a small static C program, so the host translates it
+into two numbers rather than teach the C side JSON.  Ports: ``pty`` for a ``run -t`` workload
+(the monitor's end), one hot-plugged per ``exec -t`` session (``ptyexec.py``'s).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from enum import IntEnum
+
+from isobox.attach import HEADER, MAX_FRAME, Frame, encode
+from isobox.runtimes.vm.qemu import PTY_PORT
+
+WORKLOAD_PORT = PTY_PORT
+EXEC_PORT_PREFIX = "ptyx-"  # + hex: an exec -t session's chardev id, device id, port and socket name
+
+
+class GuestFrame(IntEnum):
+    STDIN = 0
+    STDOUT = 1
+    EXIT = 3
+    RESIZE = 5
+    SIGNAL = 6
+    STDIN_EOF = 7
+    READY = 8
+
+
+def to_guest(kind: Frame, payload: bytes) -> bytes:
+    """A client's frame as the relay takes it; b"" for what it does not take or what is invalid."""
+    if kind == Frame.STDIN:
+        return _encode(GuestFrame.STDIN, payload) if payload else b""
+    if kind == Frame.STDIN_EOF:
+        return _encode(GuestFrame.STDIN_EOF)
+    if kind == Frame.RESIZE:
+        try:
+            size = json.loads(payload)
+            rows, cols = int(size["rows"]), int(size["cols"])
+        except (ValueError, TypeError, KeyError):
+            return b""
+        if not (0 < rows < 65536 and 0 < cols < 65536):
+            return b""
+        return _encode(GuestFrame.RESIZE, b"%d %d" % (rows, cols))
+    if kind == Frame.SIGNAL:
+        try:
+            signum = int(payload)
+        except ValueError:
+            return b""
+        return _encode(GuestFrame.SIGNAL, b"%d" % signum) if 0 < signum < signal.NSIG else b""
+    return b""
+
+
+def _encode(kind: GuestFrame, payload: bytes = b"") -> bytes:
+    return HEADER.pack(int(kind), len(payload)) + payload
+
+
+class GuestDecoder:
+    """Incremental decoder of the relay's frames (attach.Decoder knows only the client's types)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[GuestFrame, bytes]]:
+        self._buf += data
+        while len(self._buf) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buf)
+            if length > MAX_FRAME or kind not in GuestFrame._value2member_map_:
+                raise ValueError(f"bad frame from the guest's pty relay (type {kind}, {length} bytes)")
+            if len(self._buf) < HEADER.size + length:
+                return
+            payload = bytes(self._buf[HEADER.size : HEADER.size + length])
+            del self._buf[: HEADER.size + length]
+            yield GuestFrame(kind), payload
+
+
+def number(payload: bytes) -> int | None:
+    """READY's pid, EXIT's code."""
+    try:
+        return int(payload)
+    except ValueError:
+        return None
+
+
+def stdout_frame(payload: bytes) -> bytes:
+    """The relay's output as a client's STDOUT frame (a terminal has one stream)."""
+    return encode(Frame.STDOUT, payload)
