@@ -73,6 +73,9 @@ def test_vm_detached_logs_exec_cp_stop_rm(isobox: Isobox, tmp_path: Path) -> Non
 
         res = isobox.cli("exec", "vm1", "sh", "-c", "echo out; echo err >&2; exit 4")
         assert (res.returncode, res.stdout, res.stderr) == (4, "out\n", "err\n")
+        # qemu-ga runs at nice 19 (its start-up must not slow the workload); what it execs does not
+        nice = isobox.cli("exec", "vm1", "cut", "-d", " ", "-f", "19", "/proc/self/stat", check=True).stdout
+        assert nice.strip() == "0"
 
         src = tmp_path / "payload"
         src.write_bytes(bytes(range(256)) * 300)

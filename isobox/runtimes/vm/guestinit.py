@@ -86,8 +86,10 @@ pid=$!
 # shell of the VM (outside the image's root) on the serial console.
 if [ -x /usr/sbin/qemu-ga ] && [ -e /dev/port-org.qemu.guest_agent.0 ]; then
     mkdir -p /run/qga
-    /usr/sbin/qemu-ga -m virtio-serial -p /dev/port-org.qemu.guest_agent.0 -t /run/qga -f /run/qga.pid \
-        -d 2>/dev/console
+    # In the background at nice 19 (isobox-run restores 0 for what it execs): its start-up, ~0.4 s
+    # of CPU under TCG, neither delays the workload nor the exit report of a short one.
+    sh -c 'renice -n 19 -p $$ >/dev/null; exec /usr/sbin/qemu-ga -m virtio-serial \
+        -p /dev/port-org.qemu.guest_agent.0 -t /run/qga' 2>/dev/console &
 fi
 setsid cttyhack sh -c 'while :; do sh; done' < /dev/console > /dev/console 2>&1 &
 while read -r sig; do kill -s "$sig" $pid 2>/dev/null; done < /dev/port-signal &

@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -60,6 +61,9 @@ static int become(char **argv, int nenv) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* The init runs qemu-ga at nice 19 so that its start-up never slows a workload's; what it
+     * starts for `exec` runs at the normal priority. */
+    setpriority(PRIO_PROCESS, 0, 0);
     char *wd = strdup(argv[5]);
     mkdirs(wd);
     gid_t groups[64];
