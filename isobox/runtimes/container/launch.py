@@ -510,15 +510,16 @@ def _container_monitor(req: ContainerRequest, fds: dict[str, int], prepared: Pre
     except SetupError:
         cleanup()
         raise
+    # Held so that the workload's exit does not tear its mount tree down (~20 mounts, ~3 ms)
+    # before we hear of it: dropped once the exit is reported.  Close-on-exec: a workload left
+    # to the C pump tears its tree down itself, as it would without us.  Opened before "go":
+    # a workload that has already exited (a zombie) has no namespaces left to open.
+    mount_ns = os.open(f"/proc/{child}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     if not req.wait_attach:
         sync.sendall(b"go")  # no client to wait for: it execs while we report and set up the pump
     pty = received[0] if received else None
     if pty is not None:
         outputs, stdin_w = {pty: 1}, pty
-    # Held so that the workload's exit does not tear its mount tree down (~20 mounts, ~3 ms)
-    # before we hear of it: dropped once the exit is reported.  Close-on-exec: a workload left
-    # to the C pump tears its tree down itself, as it would without us.
-    mount_ns = os.open(f"/proc/{child}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     _report(status_fd, child)
     pump = Pump(child, listener, outputs, stdin_w, pty, LogWriter(fds["log"]))
     if req.wait_attach:
