@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from isobox.errors import InvalidArgument
-from isobox.net.ports import PortMapping
+from isobox.net.ports import PortMapping, check_publishable
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
@@ -104,8 +104,8 @@ class WorkloadSpec:
             raise InvalidArgument("command contains a NUL byte")
         if self.network not in ("none", "host", "default", "bridge") and not NAME_RE.match(self.network):
             raise InvalidArgument(f"invalid network {self.network!r}")
-        if self.ports and self.network in ("none", "host"):
-            raise InvalidArgument(f"cannot publish ports with --network {self.network}")
+        if self.ports:
+            check_publishable(self.network)
         for port in self.ports:
             port.validate()
         for mount in self.mounts:

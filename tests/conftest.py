@@ -197,6 +197,22 @@ def _remove_cgroup_parent(parent: str) -> None:
             path.rmdir()
 
 
+def _stop_autostarted(run_root: Path) -> None:
+    """A daemon the CLI started by itself (after a test killed the one it started) is not among
+    the fixture's processes: stop the one the pid file names, if it still serves these roots."""
+    try:
+        pid = int((run_root / "isobox.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(run_root).encode() not in cmdline:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture
 def own_daemon(isobox: Isobox, tmp_path: Path) -> Iterator[Isobox]:
     """A second daemon on its own roots that this test may kill -9."""
@@ -229,6 +245,7 @@ def own_daemon(isobox: Isobox, tmp_path: Path) -> Iterator[Isobox]:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(15)
+    _stop_autostarted(box.run_root)
     import shutil
 
     _remove_cgroup_parent(env["ISOBOX_CGROUP_PARENT"])

@@ -46,8 +46,9 @@ def spec_body(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str,
     if args.publish:
         from dataclasses import asdict
 
-        from isobox.net.ports import parse_publish
+        from isobox.net.ports import check_publishable, parse_publish
 
+        check_publishable(args.network)
         body["ports"] = [asdict(m) for spec in args.publish for m in parse_publish(spec)]
     for key in ("name", "workdir", "user", "hostname", "firmware"):
         if getattr(args, key) is not None:

@@ -43,6 +43,13 @@ class PortMapping:
         return f"{self.container_port}/{self.protocol} -> {host}"
 
 
+def check_publishable(network: str) -> None:
+    """Ports are published from a workload's own address: none with --network none or host.
+    (The CLI checks this before it asks the daemon; the spec checks it again.)"""
+    if network in ("none", "host"):
+        raise InvalidArgument(f"cannot publish ports with --network {network}")
+
+
 def _port_range(text: str, what: str, spec: str) -> list[int]:
     low, sep, high = text.partition("-")
     try:
