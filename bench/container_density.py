@@ -83,7 +83,14 @@ def memory_cgroup_usage(parent: str) -> int | None:
 
 
 def find_zygote(daemon: Daemon) -> int | None:
-    kids = children_of(daemon.pid)
+    """The daemon's one child running the daemon's own program (not a network's dnsmasq)."""
+    def program(pid: int) -> bytes:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            return b""
+
+    kids = [k for k in children_of(daemon.pid) if program(k) == program(daemon.pid)]
     return kids[0] if len(kids) == 1 else None
 
 
