@@ -218,7 +218,10 @@ def test_uefi_boots_the_same_disk(isobox: Isobox, bootable: str) -> None:
     cid = isobox.cli("run", "-d", "--name", "fwuefi", "--firmware", "uefi", *VM, bootable,
                      check=True).stdout.split()[-1]
     try:
-        console = _wait_console(isobox, "fwuefi", "BdsDxe: starting", "Linux version", timeout=LOGIN_TIMEOUT)
+        # "DMI:" too: the kernel prints it a moment after its version line, and a snapshot of the
+        # console taken in between failed this test once
+        console = _wait_console(isobox, "fwuefi", "BdsDxe: starting", "Linux version", "DMI:",
+                                timeout=LOGIN_TIMEOUT)
         assert console.index("BdsDxe: starting") < console.index("Linux version")
         assert re.search(r"DMI: .*Q35.*BIOS 0\.0\.0", console), "EDK II's SMBIOS, not SeaBIOS's"
         applied = _inspect(isobox, "fwuefi")["Applied"]
