@@ -17,7 +17,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from enum import IntEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 HEADER = struct.Struct(">B3xI")
 MAX_FRAME = 1 << 20
@@ -42,29 +42,42 @@ def encode_json(kind: Frame, obj: Any) -> bytes:
     return encode(kind, json.dumps(obj).encode())
 
 
-class Decoder:
-    """Incremental decoder: feed bytes, iterate complete frames."""
+K = TypeVar("K", bound=IntEnum)
 
-    def __init__(self) -> None:
+
+class FrameDecoder(Generic[K]):
+    """Incremental decoder of ``HEADER``-framed messages whose types are ``kinds``: feed bytes,
+    iterate complete frames."""
+
+    def __init__(self, kinds: type[K], source: str = "") -> None:
+        self._kinds = kinds
+        self._source = f"{source}: " if source else ""  # who sent it, for the error
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[Frame, bytes]]:
+    def feed(self, data: bytes) -> Iterator[tuple[K, bytes]]:
         self._buf += data
         while len(self._buf) >= HEADER.size:
             kind, length = HEADER.unpack_from(self._buf)
             if length > MAX_FRAME:
-                raise ValueError(f"frame of {length} bytes is too large")
+                raise ValueError(f"{self._source}frame of {length} bytes is too large")
             if len(self._buf) < HEADER.size + length:
                 return
-            if kind not in Frame._value2member_map_:
-                raise ValueError(f"unknown frame type {kind}")
+            if kind not in self._kinds._value2member_map_:
+                raise ValueError(f"{self._source}unknown frame type {kind}")
             payload = bytes(self._buf[HEADER.size : HEADER.size + length])
             del self._buf[: HEADER.size + length]
-            yield Frame(kind), payload
+            yield self._kinds(kind), payload
 
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+
+class Decoder(FrameDecoder[Frame]):
+    """The attach protocol's frames (a client's or a monitor's)."""
+
+    def __init__(self) -> None:
+        super().__init__(Frame)
 
 
 def listen(path: str, backlog: int = 8) -> socket.socket:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from enum import IntEnum
 
-from isobox.attach import HEADER, MAX_FRAME, Frame, encode
+from isobox.attach import HEADER, Frame, FrameDecoder, encode
 from isobox.runtimes.vm.qemu import PTY_PORT
 
 WORKLOAD_PORT = PTY_PORT
@@ -63,23 +62,11 @@ def _encode(kind: GuestFrame, payload: bytes = b"") -> bytes:
     return HEADER.pack(int(kind), len(payload)) + payload
 
 
-class GuestDecoder:
-    """Incremental decoder of the relay's frames (attach.Decoder knows only the client's types)."""
+class GuestDecoder(FrameDecoder[GuestFrame]):
+    """The relay's frames (attach.Decoder knows only the client's types)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[tuple[GuestFrame, bytes]]:
-        self._buf += data
-        while len(self._buf) >= HEADER.size:
-            kind, length = HEADER.unpack_from(self._buf)
-            if length > MAX_FRAME or kind not in GuestFrame._value2member_map_:
-                raise ValueError(f"bad frame from the guest's pty relay (type {kind}, {length} bytes)")
-            if len(self._buf) < HEADER.size + length:
-                return
-            payload = bytes(self._buf[HEADER.size : HEADER.size + length])
-            del self._buf[: HEADER.size + length]
-            yield GuestFrame(kind), payload
+        super().__init__(GuestFrame, "the guest's pty relay")
 
 
 def number(payload: bytes) -> int | None:
