@@ -13,6 +13,7 @@ us while we have stdin for it, and blocking on either side would deadlock both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -47,7 +48,11 @@ class Output:
         try:
             self.stream.write(data)
             self.stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            # A closed pipe (EPIPE), or a terminal that hung up (EIO): nobody reads any more; the
+            # workload runs on and we still report its exit code, as after a broken pipe.
+            if exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
             self.stream = None
 
 

@@ -37,3 +37,27 @@ def test_log_lines_keep_partial_lines_and_streams() -> None:
 def test_log_reader_skips_damaged_lines_and_waits_for_unterminated() -> None:
     data = b"garbage\n" + logs.encode(1, b"ok\n", now=0) + b"2026-01-01T00:00:00Z stdout F half"
     assert [e.data for e in logs.read_entries(data)] == [b"ok\n"]
+
+
+def test_output_stops_writing_to_a_hung_up_terminal_or_closed_pipe() -> None:
+    import errno
+    import io
+
+    from isobox.cli.session import Output
+
+    class Gone(io.RawIOBase):
+        def __init__(self, err: int) -> None:
+            self.err, self.calls = err, 0
+
+        def write(self, data: object) -> int:
+            self.calls += 1
+            raise OSError(self.err, "gone")
+
+    for err in (errno.EIO, errno.EPIPE):  # a terminal that hung up, a reader that left
+        stream = Gone(err)
+        out = Output(stream)  # type: ignore[arg-type]
+        out.write(b"a")
+        out.write(b"b")  # dropped: nobody reads any more
+        assert stream.calls == 1
+    with pytest.raises(OSError):  # anything else is a real error
+        Output(Gone(errno.ENOSPC)).write(b"a")  # type: ignore[arg-type]
