@@ -44,6 +44,19 @@ def assert_gone(box: Isobox, container_id: str) -> None:
     assert container_id not in [c["Id"] for c in listed], "row left behind"
 
 
+def assert_vm_gone(box: Isobox, container_id: str) -> None:
+    """A VM's run dir (sockets), data dir (overlay, variable store, logs), processes and row."""
+    run_dir = box.run_root / "v" / container_id[:16]
+    assert not run_dir.exists(), "run dir (sockets) left behind"
+    assert not (box.root / "containers" / container_id).exists(), "overlay, variable store or logs left behind"
+    assert processes_under(run_dir) == [], "QEMU, its monitor or an exec process left behind"
+    assert container_id not in container_ids(box), "row left behind"
+
+
+def inspect(box: Isobox, ref: str) -> dict:
+    return json.loads(box.cli("inspect", ref, check=True).stdout)[0]
+
+
 def container_ids(box: Isobox) -> set[str]:
     return {c["Id"] for c in json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)}
 

@@ -23,7 +23,7 @@ from typing import IO
 import pytest
 
 from tests.conftest import VENV_BIN, Isobox, require
-from tests.integration.helpers import processes_under
+from tests.integration.helpers import assert_vm_gone, inspect
 
 pytestmark = pytest.mark.root
 require("qemu-system-x86_64", "qemu-img", "mmdebstrap", "sfdisk", "mkfs.fat", "mkfs.ext4", "syslinux", "mcopy",
@@ -36,10 +36,6 @@ KERNEL_LINE = re.compile(r"Linux version (\S+)")
 VM = ("--isolation", "vm")
 
 
-def _inspect(box: Isobox, ref: str) -> dict:
-    return json.loads(box.cli("inspect", ref, check=True).stdout)[0]
-
-
 def _wait_console(box: Isobox, name: str, *texts: str, timeout: float) -> str:
     """The VM's console (``isobox logs``) once it shows every one of ``texts``."""
     deadline = time.monotonic() + timeout
@@ -50,14 +46,6 @@ def _wait_console(box: Isobox, name: str, *texts: str, timeout: float) -> str:
             assert not missing, f"{missing} not on the console after {timeout:.0f} s; tail:\n{out[-1500:]}"
             return out
         time.sleep(1)
-
-
-def _assert_vm_gone(box: Isobox, cid: str) -> None:
-    assert not (box.run_root / "v" / cid[:16]).exists(), "run dir (sockets) left behind"
-    assert not (box.root / "containers" / cid).exists(), "overlay, variable store or logs left behind"
-    assert processes_under(box.run_root / "v" / cid[:16]) == [], "QEMU or its monitor left behind"
-    listed = json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)
-    assert cid not in [c["Id"] for c in listed], "row left behind"
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +62,7 @@ def booted(isobox: Isobox, bootable: str) -> Iterator[dict]:
     try:
         console = _wait_console(isobox, "fwdebian", "login:", timeout=LOGIN_TIMEOUT)
         print(f"\nSeaBIOS boot to login: {time.monotonic() - started:.1f} s")
-        yield {"id": cid, "console": console, **_inspect(isobox, cid)}
+        yield {"id": cid, "console": console, **inspect(isobox, cid)}
     finally:
         isobox.cli("rm", "-f", cid)
 
@@ -104,7 +92,7 @@ def test_seabios_boots_it_to_a_login_prompt_with_its_own_kernel(isobox: Isobox, 
     assert guest_kernel == image["Disk"]["kernel"]
     assert "debian login:" in console  # the hostname the build set
 
-    applied = _inspect(isobox, "fwdebian")["Applied"]
+    applied = inspect(isobox, "fwdebian")["Applied"]
     assert applied["Machine"] == "q35" and applied["Firmware"]["Type"] == "bios"
     assert "SeaBIOS" in applied["Firmware"]["Code"] and applied["Boot"] == "disk"
     cmdline = applied["QemuCommandLine"]
@@ -201,13 +189,13 @@ def _read_until(stream: IO[bytes], mark: bytes, timeout: float) -> bytes:
 def test_stop_presses_the_acpi_power_button(isobox: Isobox, booted: dict) -> None:
     started = time.monotonic()
     isobox.cli("stop", "-t", "120", "fwdebian", check=True, timeout=180)
-    info = _inspect(isobox, "fwdebian")
+    info = inspect(isobox, "fwdebian")
     assert info["State"]["Status"] == "exited"
     assert info["State"]["ExitCode"] == 0, "powered off by the guest, not killed"
     assert "reboot: Power down" in isobox.cli("logs", "fwdebian").stdout
     assert time.monotonic() - started < 120
     isobox.cli("rm", "fwdebian", check=True)
-    _assert_vm_gone(isobox, booted["id"])
+    assert_vm_gone(isobox, booted["id"])
 
 
 def test_uefi_boots_the_same_disk(isobox: Isobox, bootable: str) -> None:
@@ -224,7 +212,7 @@ def test_uefi_boots_the_same_disk(isobox: Isobox, bootable: str) -> None:
                                 timeout=LOGIN_TIMEOUT)
         assert console.index("BdsDxe: starting") < console.index("Linux version")
         assert re.search(r"DMI: .*Q35.*BIOS 0\.0\.0", console), "EDK II's SMBIOS, not SeaBIOS's"
-        applied = _inspect(isobox, "fwuefi")["Applied"]
+        applied = inspect(isobox, "fwuefi")["Applied"]
         assert applied["Machine"] == "q35" and applied["Firmware"]["Type"] == "uefi"
         vars_store = Path(applied["Firmware"]["Vars"])
         assert vars_store.parent == isobox.root / "containers" / cid and vars_store.is_file()
@@ -242,7 +230,7 @@ def test_uefi_boots_the_same_disk(isobox: Isobox, bootable: str) -> None:
         assert "s1" not in isobox.cli("snapshot", "ls", "fwuefi", check=True).stdout
     finally:
         isobox.cli("rm", "-f", "fwuefi", check=True)  # while it runs
-    _assert_vm_gone(isobox, cid)
+    assert_vm_gone(isobox, cid)
 
 
 def test_imported_disk_and_iso_boot_on_q35_and_rm_f_leaves_nothing(isobox: Isobox, tmp_path: Path) -> None:
@@ -262,21 +250,21 @@ def test_imported_disk_and_iso_boot_on_q35_and_rm_f_leaves_nothing(isobox: Isobo
         console = _wait_console(isobox, disk_vm, "SeaBIOS (version", "Booting from Hard Disk",
                                 "not a bootable disk", timeout=120)
         assert "Linux version" not in console
-        applied = _inspect(isobox, disk_vm)["Applied"]
+        applied = inspect(isobox, disk_vm)["Applied"]
         assert (applied["Machine"], applied["Firmware"]["Type"], applied["Boot"]) == ("q35", "bios", "disk")
-        assert _inspect(isobox, disk_vm)["State"]["Running"]
+        assert inspect(isobox, disk_vm)["State"]["Running"]
 
         _wait_console(isobox, iso_vm, "UEFI", timeout=120)
-        applied = _inspect(isobox, iso_vm)["Applied"]
+        applied = inspect(isobox, iso_vm)["Applied"]
         assert applied["Boot"] == "cdrom" and applied["RootDisk"]["cdrom"].endswith(
             json.loads(isobox.cli("image", "inspect", "localhost/iso:1", check=True).stdout)[0]["Disk"]["digest"][7:])
         assert "ide-cd,drive=cd,bus=ide.0,bootindex=2" in applied["QemuCommandLine"]
         for cid in (disk_vm, iso_vm):
-            pid = _inspect(isobox, cid)["State"]["Pid"]
+            pid = inspect(isobox, cid)["State"]["Pid"]
             sockets = list((isobox.run_root / "v" / cid[:16]).glob("*.sock"))
             assert pid and sockets
             isobox.cli("rm", "-f", cid, check=True)
-            _assert_vm_gone(isobox, cid)
+            assert_vm_gone(isobox, cid)
             assert not Path(f"/proc/{pid}").exists() and not any(s.exists() for s in sockets)
     finally:
         isobox.cli("image", "rm", "-f", "localhost/blank:1", "localhost/iso:1")

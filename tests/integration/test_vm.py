@@ -6,7 +6,6 @@ first test pays for it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -14,22 +13,10 @@ import pytest
 
 from isobox import sysinfo
 from tests.conftest import Isobox, require
-from tests.integration.helpers import processes_under
+from tests.integration.helpers import assert_vm_gone, inspect
 
 pytestmark = pytest.mark.root
 require("qemu-system-x86_64", "qemu-img")
-
-
-def _inspect(box: Isobox, ref: str) -> dict:
-    return json.loads(box.cli("inspect", ref, check=True).stdout)[0]
-
-
-def _assert_vm_gone(box: Isobox, cid: str) -> None:
-    assert not (box.run_root / "v" / cid[:16]).exists(), "run dir left behind"
-    assert not (box.root / "containers" / cid).exists(), "overlay/log left behind"
-    assert processes_under(box.run_root / "v" / cid[:16]) == [], "QEMU or monitor left behind"
-    listed = json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)
-    assert cid not in [c["Id"] for c in listed], "row left behind"
 
 
 def test_vm_run_applies_the_spec_and_returns_the_exit_code(isobox: Isobox, tmp_path: Path) -> None:
@@ -61,7 +48,7 @@ def test_vm_detached_logs_exec_cp_stop_rm(isobox: Isobox, tmp_path: Path) -> Non
     cid = isobox.cli("run", "-d", "--name", "vm1", "--isolation", "vm", "busybox", "sh", "-c", script,
                      check=True, timeout=300).stdout.strip().splitlines()[-1]
     try:
-        info = _inspect(isobox, "vm1")
+        info = inspect(isobox, "vm1")
         applied = info["Applied"]
         assert applied["Machine"] == "microvm" and applied["Accelerator"] in ("kvm", "tcg")
         assert "-sandbox on,obsolete=deny" in applied["QemuCommandLine"]
@@ -94,12 +81,12 @@ def test_vm_detached_logs_exec_cp_stop_rm(isobox: Isobox, tmp_path: Path) -> Non
         assert "s1" not in isobox.cli("snapshot", "ls", "vm1", check=True).stdout
 
         isobox.cli("stop", "vm1", check=True)  # SIGTERM reaches the workload: it exits 5
-        state = _inspect(isobox, "vm1")["State"]
+        state = inspect(isobox, "vm1")["State"]
         assert (state["Status"], state["ExitCode"]) == ("exited", 5)
         assert "got-term" in isobox.cli("logs", "vm1").stdout
     finally:
         isobox.cli("rm", "-f", "vm1")
-    _assert_vm_gone(isobox, cid)
+    assert_vm_gone(isobox, cid)
 
 
 def test_vm_kill_and_force_remove(isobox: Isobox) -> None:
@@ -108,7 +95,7 @@ def test_vm_kill_and_force_remove(isobox: Isobox) -> None:
     isobox.cli("kill", cid, check=True)
     assert isobox.cli("wait", cid, check=True).stdout.strip() == "137"
     isobox.cli("rm", cid, check=True)
-    _assert_vm_gone(isobox, cid)
+    assert_vm_gone(isobox, cid)
 
 
 def test_vm_survives_a_daemon_kill(own_daemon: Isobox) -> None:
@@ -119,14 +106,14 @@ def test_vm_survives_a_daemon_kill(own_daemon: Isobox) -> None:
     box = own_daemon
     cid = box.cli("run", "-d", "--isolation", "vm", "busybox", "sleep", "300",
                   check=True, timeout=300).stdout.split()[-1]
-    qemu_pid = _inspect(box, cid)["State"]["Pid"]
+    qemu_pid = inspect(box, cid)["State"]["Pid"]
     os.kill(int((box.run_root / "isobox.pid").read_text()), signal.SIGKILL)
     box.start_daemon()  # type: ignore[attr-defined]
-    assert _inspect(box, cid)["State"]["Status"] == "running"
+    assert inspect(box, cid)["State"]["Status"] == "running"
     os.kill(qemu_pid, 0)  # still the same QEMU
     assert box.cli("exec", cid, "echo", "adopted", check=True).stdout == "adopted\n"
     box.cli("stop", "-t", "5", cid, check=True)
-    state = _inspect(box, cid)["State"]
+    state = inspect(box, cid)["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 143)  # sleep died of SIGTERM
     box.cli("rm", cid, check=True)
-    _assert_vm_gone(box, cid)
+    assert_vm_gone(box, cid)

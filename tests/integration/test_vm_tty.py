@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.conftest import VENV_BIN, Isobox, require
-from tests.integration.helpers import processes_under
+from tests.integration.helpers import assert_vm_gone, processes_under
 
 pytestmark = pytest.mark.root
 require("qemu-system-x86_64", "qemu-img")
@@ -94,13 +94,6 @@ def _leftovers(box: Isobox) -> tuple[set[str], set[str], set[str]]:
     run = {p.name for p in (box.run_root / "v").iterdir()} if (box.run_root / "v").is_dir() else set()
     data = {p.name for p in (box.root / "containers").iterdir()} if (box.root / "containers").is_dir() else set()
     return run, data, _workloads(box)
-
-
-def _assert_vm_gone(box: Isobox, cid: str) -> None:
-    assert not (box.run_root / "v" / cid[:16]).exists(), "run dir (sockets) left behind"
-    assert not (box.root / "containers" / cid).exists(), "overlay/log left behind"
-    assert processes_under(box.run_root / "v" / cid[:16]) == [], "QEMU, monitor or exec process left behind"
-    assert cid not in _workloads(box), "row left behind"
 
 
 def _guest_processes(box: Isobox, ref: str) -> str:
@@ -212,7 +205,7 @@ def test_vm_run_t_with_exec_t_and_exec_it_beside_it(isobox: Isobox) -> None:
             run.wait(10)
         isobox.cli("rm", "-f", "vmtty")
     if cid:
-        _assert_vm_gone(isobox, cid)
+        assert_vm_gone(isobox, cid)
 
 
 def test_vm_kernel_panic_is_reported_with_the_console_and_cleaned_up(isobox: Isobox) -> None:
