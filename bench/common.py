@@ -431,11 +431,10 @@ def private_daemon(base: Path, name: str = "d", build_busybox: bool = True) -> I
                 with contextlib.suppress(Exception):
                     daemon.remove_all()
             daemon.stop()
-            # The networks' dnsmasq outlive a daemon by design (running workloads keep their
-            # DNS); a bench's go with its roots, or the next bench finds 10.213.0.1 taken.
-            for pid_file in (root / "run").glob("net/*/dnsmasq.pid"):
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+            # Or the next bench finds 10.213.0.1 taken.
+            from isobox.net import dns
+
+            dns.stop_all(root / "run")
             left = remove_cgroup_parent(daemon.cgroup_parent)
             daemon.problems.extend(f"cgroup not removed: {x}" for x in left)
             for problem in daemon.problems:

@@ -90,9 +90,9 @@ def private_netns(tag: str) -> Iterator[str]:
 
 def stop_dns(run_root: Path) -> None:
     """The networks' dnsmasq processes outlive daemons by design; a test's go with its roots."""
-    for pid_file in run_root.glob("net/*/dnsmasq.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    from isobox.net import dns
+
+    dns.stop_all(run_root)
 
 
 def require(*tools: str) -> None:

@@ -28,12 +28,27 @@ def net_dir(network: str) -> Path:
 
 
 def _pid(network: str) -> int | None:
+    return _pid_in(net_dir(network) / "dnsmasq.pid")
+
+
+def _pid_in(pid_file: Path) -> int | None:
+    """The live dnsmasq a pid file names (not whatever process reused a stale pid)."""
     try:
-        pid = int((net_dir(network) / "dnsmasq.pid").read_text().strip())
+        pid = int(pid_file.read_text().strip())
         with open(f"/proc/{pid}/comm") as fh:
             return pid if fh.read().strip() == "dnsmasq" else None
     except (OSError, ValueError):
         return None
+
+
+def stop_all(run_root: Path) -> None:
+    """SIGTERM every network's dnsmasq under ``run_root``: they outlive daemons by design, and a
+    test's or a benchmark's go with its roots."""
+    for pid_file in run_root.glob("net/*/dnsmasq.pid"):
+        pid = _pid_in(pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
 
 def write_hosts(network: str, entries: list[tuple[str, list[str], str]]) -> None:

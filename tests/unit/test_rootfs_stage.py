@@ -26,3 +26,4 @@ def test_other_masks_or_an_explicit_mount_plan_mount_their_own() -> None:
     assert not rootfs.can_use_stage(config(masked_paths=("/proc/kcore",)))
     assert not rootfs.can_use_stage(config(readonly_paths=()))
     assert not rootfs.can_use_stage(config(mount_plan=[MountSpec("/proc", "proc", "proc")]))
+    assert not rootfs.can_use_stage(config(root_propagation=0x80000))  # MS_SLAVE: stage made it rprivate

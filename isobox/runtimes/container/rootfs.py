@@ -84,9 +84,11 @@ def _overlay_options(cfg: ContainerConfig) -> str:
     return f"lowerdir={':'.join(cfg.lowerdirs)},upperdir={cfg.upperdir},workdir={cfg.workdir}"
 
 
-def mount_root(cfg: ContainerConfig) -> _Root:
-    # Nothing we mount may propagate back to the host, whatever the host's propagation is.
-    sc.mount(None, "/", None, cfg.root_propagation or sc.MS_REC | sc.MS_PRIVATE)
+def mount_root(cfg: ContainerConfig, private: bool = False) -> _Root:
+    """``private``: ``stage`` already made every mount rprivate (the default propagation)."""
+    if not private:
+        # Nothing we mount may propagate back to the host, whatever the host's propagation is.
+        sc.mount(None, "/", None, cfg.root_propagation or sc.MS_REC | sc.MS_PRIVATE)
     if cfg.lowerdirs:
         sc.mount("overlay", cfg.rootfs, "overlay", 0, _overlay_options(cfg))
     else:
@@ -353,7 +355,7 @@ def can_use_stage(cfg: ContainerConfig) -> bool:
     """The staged trees fit the default container only: its sysfs shows the network namespace
     it was mounted in, which --network host leaves."""
     return (cfg.mount_plan is None and not cfg.host_network and cfg.masked_paths == MASKED_PATHS
-            and cfg.readonly_paths == READONLY_PATHS)
+            and cfg.readonly_paths == READONLY_PATHS and not cfg.root_propagation)
 
 
 def _move_staged(root: _Root, directory: str) -> None:
@@ -371,7 +373,7 @@ def build(cfg: ContainerConfig, staged: str | None = None) -> None:
     if cfg.mount_plan is not None:
         build_explicit(cfg, cfg.mount_plan)
         return
-    root = mount_root(cfg)
+    root = mount_root(cfg, private=staged is not None)
     if staged is not None:
         _move_staged(root, staged)
         mount_volumes(root, cfg)
