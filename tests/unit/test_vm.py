@@ -15,9 +15,9 @@ import pytest
 from isobox.attach import Decoder, Frame, encode_json
 from isobox.errors import InvalidArgument
 from isobox.logs import LogWriter, read_entries
-from isobox.runtimes.vm import accel, guest, ptyproto, qemu, specdisk
-from isobox.runtimes.vm.monitor import PTY, Console, MonitorConfig, VmPump, run
-from isobox.runtimes.vm.ptyproto import GuestFrame
+from isobox.runtimes.vm import accel, guest, qemu, relay, specdisk
+from isobox.runtimes.vm.monitor import IO, Console, MonitorConfig, VmPump, run
+from isobox.runtimes.vm.relay import GuestFrame
 
 
 def _cfg(tmp_path: Path, accel_name: str = "tcg") -> qemu.VmConfig:
@@ -36,7 +36,8 @@ def test_cmdline_is_a_sandboxed_microvm_without_legacy_devices(tmp_path: Path) -
     assert "-nodefaults" in argv and "-no-reboot" in argv
     assert "tcg,tb-size=" in joined and "-m 256M" in joined and "-smp 2" in joined
     assert "serial=isobox-root" in joined and "serial=isobox-spec" in joined
-    for port in (*qemu.PORTS, qemu.AGENT_PORT):
+    assert joined.count("virtserialport,") == 2  # every port costs each boot ~90 ms under TCG
+    for port in (qemu.IO_PORT, qemu.AGENT_PORT):
         assert f"name={port}" in joined
     assert f"unix:{tmp_path}/qmp.sock,server=on,wait=off" in joined
 
@@ -50,11 +51,11 @@ def test_spec_script_quotes_everything(tmp_path: Path) -> None:
     proc = specdisk.GuestProcess(argv=["sh", "-c", "echo \"$X\" 'q' $(x)"], env={"X": "a b'c"},
                                  workdir="/w d", uid=1000, gid=100, groups=[100, 5])
     script = specdisk.spec_script(proc, "h'ost", stdin=False)
-    assert script.endswith("#END\n")
+    assert script.endswith("\n#END\n")  # guestboot.c copies the script up to this line
     out = subprocess.run(["sh", "-c", script.replace("#END", "") + 'printf "%s\\n" "$ISOBOX_HOSTNAME" "$@"'],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "h'ost"
-    assert out[1:] == [specdisk.RUN_HELPER, "/newroot", "1000", "100", "100,5", "/w d", "1", "X=a b'c", "--",
+    assert out[1:] == [specdisk.RUN_HELPER, "--relay", "io", "--sync", "/newroot", "1000", "100", "100,5", "/w d", "1", "X=a b'c", "--",
                        "sh", "-c", "echo \"$X\" 'q' $(x)"]
     assert len(specdisk.disk_image(script)) % 4096 == 0
 
@@ -93,7 +94,7 @@ FAKE_QEMU = textwrap.dedent("""
     import os, socket, sys
     run_dir = sys.argv[1]
     socks = {}
-    for name in ("console", "stdin", "stdout", "stderr", "exit", "signal"):
+    for name in ("console", "io"):
         s = socket.socket(socket.AF_UNIX)
         s.bind(os.path.join(run_dir, name + ".sock"))
         s.listen(1)
@@ -142,95 +143,109 @@ def test_snapshot_listing_is_parsed(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 # -- terminals (run -t, exec -t) and panics ---------------------------------------------------------
 
 
-def test_only_a_tty_workload_gets_a_pty_port(tmp_path: Path) -> None:
-    """Every port costs each boot: the workload's pty port only with -t; exec -t's are hot-plugged."""
-    plain = " ".join(qemu.qemu_cmdline(_cfg(tmp_path)))
-    assert "name=pty" not in plain
-    cfg = _cfg(tmp_path)
-    cfg.pty = True
-    with_tty = " ".join(qemu.qemu_cmdline(cfg))
-    assert f"socket,id=pty,path={tmp_path}/pty.sock" in with_tty and "virtserialport,chardev=pty,name=pty" in with_tty
-    bus, max_ports = with_tty.split("virtio-serial-device,id=")[1].split()[0].split(",max_ports=")
+def test_the_port_bus_has_room_for_exec_t_sessions(tmp_path: Path) -> None:
+    """exec -t's ports are hot-plugged into the bus, at least 8 at once beside the boot ports."""
+    joined = " ".join(qemu.qemu_cmdline(_cfg(tmp_path)))
+    assert f"socket,id=io,path={tmp_path}/io.sock" in joined and "virtserialport,chardev=io,name=io" in joined
+    bus, max_ports = joined.split("virtio-serial-device,id=")[1].split()[0].split(",max_ports=")
     assert f"{bus}.0" == qemu.SERIAL_BUS
-    assert int(max_ports) - 1 - with_tty.count("virtserialport,") >= 8  # room for exec -t sessions
-    assert set(qemu.SOCKETS) >= {"attach", "tty", *qemu.PORTS, "pty", "qga", "qmp"}
+    assert int(max_ports) - 1 - joined.count("virtserialport,") >= 8
+    assert set(qemu.SOCKETS) >= {"attach", "tty", "io", "qga", "qmp"}
 
 
-def test_a_tty_workload_runs_behind_the_relay(tmp_path: Path) -> None:
+def test_the_workload_runs_behind_the_relay(tmp_path: Path) -> None:
     proc = specdisk.GuestProcess(argv=["sh"], env={"A": "1"}, workdir="/", uid=0, gid=0)
-    assert specdisk.helper_argv(proc)[:2] == [specdisk.RUN_HELPER, specdisk.ROOT]
-    assert specdisk.helper_argv(proc, "pty")[:4] == [specdisk.RUN_HELPER, "--pty", "pty", specdisk.ROOT]
-    script = specdisk.spec_script(proc, "h", stdin=True, pty="pty")
-    assert "ISOBOX_STDIN=0" in script  # its stdin comes through the relay's port, not stdin's
-    assert "set -- /bin/isobox-run --pty pty /newroot" in script
-    assert "ISOBOX_STDIN=1" in specdisk.spec_script(proc, "h", stdin=True)
+    assert specdisk.helper_argv(proc)[:2] == [specdisk.RUN_HELPER, specdisk.ROOT]  # exec: qemu-ga's pipes
+    assert specdisk.helper_argv(proc, "ptyx-1", pty=True)[:4] == [specdisk.RUN_HELPER, "--pty", "ptyx-1", specdisk.ROOT]
+    # run -t: a pty (its stdin is the pty's); the relay syncs before it reports the exit
+    assert "set -- /bin/isobox-run --pty io --sync /newroot" in specdisk.spec_script(proc, "h", stdin=True, pty=True)
+    # -i: a stdin pipe the relay feeds; else /dev/null
+    assert "set -- /bin/isobox-run --relay io --stdin --sync /newroot" in specdisk.spec_script(proc, "h", stdin=True)
+    assert "set -- /bin/isobox-run --relay io --sync /newroot" in specdisk.spec_script(proc, "h", stdin=False)
 
 
 def test_client_frames_become_the_relays() -> None:
     def decoded(data: bytes) -> list[tuple[GuestFrame, bytes]]:
-        return list(ptyproto.GuestDecoder().feed(data))
+        return list(relay.GuestDecoder().feed(data))
 
-    assert decoded(ptyproto.to_guest(Frame.STDIN, b"ls\r")) == [(GuestFrame.STDIN, b"ls\r")]
-    assert decoded(ptyproto.to_guest(Frame.STDIN_EOF, b"")) == [(GuestFrame.STDIN_EOF, b"")]
+    assert decoded(relay.to_guest(Frame.STDIN, b"ls\r")) == [(GuestFrame.STDIN, b"ls\r")]
+    assert decoded(relay.to_guest(Frame.STDIN_EOF, b"")) == [(GuestFrame.STDIN_EOF, b"")]
     resize = encode_json(Frame.RESIZE, {"rows": 40, "cols": 100})[8:]
-    assert decoded(ptyproto.to_guest(Frame.RESIZE, resize)) == [(GuestFrame.RESIZE, b"40 100")]
-    assert decoded(ptyproto.to_guest(Frame.SIGNAL, b"15")) == [(GuestFrame.SIGNAL, b"15")]
+    assert decoded(relay.to_guest(Frame.RESIZE, resize)) == [(GuestFrame.RESIZE, b"40 100")]
+    assert decoded(relay.to_guest(Frame.SIGNAL, b"15")) == [(GuestFrame.SIGNAL, b"15")]
     for kind, payload in ((Frame.RESIZE, b"{}"), (Frame.RESIZE, b'{"rows": 0, "cols": 80}'),
                           (Frame.RESIZE, b'{"rows": 70000, "cols": 80}'), (Frame.RESIZE, b"not json"),
                           (Frame.SIGNAL, b"0"), (Frame.SIGNAL, b"999"), (Frame.SIGNAL, b"TERM"),
                           (Frame.STDIN, b""), (Frame.STDOUT, b"x"), (Frame.EXIT, b"{}")):
-        assert ptyproto.to_guest(kind, payload) == b"", (kind, payload)
+        assert relay.to_guest(kind, payload) == b"", (kind, payload)
 
 
 def test_relay_frames_decode_across_reads() -> None:
-    stream = (ptyproto._encode(GuestFrame.READY, b"42") + ptyproto._encode(GuestFrame.STDOUT, b"hello\r\n")
-              + ptyproto._encode(GuestFrame.EXIT, b"3"))
-    decoder = ptyproto.GuestDecoder()
+    stream = (relay._encode(GuestFrame.READY, b"42") + relay._encode(GuestFrame.STDOUT, b"hello\r\n")
+              + relay._encode(GuestFrame.EXIT, b"3"))
+    decoder = relay.GuestDecoder()
     frames = [frame for i in range(len(stream)) for frame in decoder.feed(stream[i:i + 1])]
     assert frames == [(GuestFrame.READY, b"42"), (GuestFrame.STDOUT, b"hello\r\n"), (GuestFrame.EXIT, b"3")]
-    assert ptyproto.number(b"42") == 42 and ptyproto.number(b"x") is None
-    with pytest.raises(ValueError, match="pty relay"):
-        list(ptyproto.GuestDecoder().feed(bytes([99, 0, 0, 0, 0, 0, 0, 0])))
+    assert relay.number(b"42") == 42 and relay.number(b"x") is None
+    with pytest.raises(ValueError, match="the guest's relay"):
+        list(relay.GuestDecoder().feed(bytes([99, 0, 0, 0, 0, 0, 0, 0])))
 
 
-def test_the_monitor_relays_a_tty_workload(tmp_path: Path) -> None:
-    """VmPump with a pty port: the relay's output goes to the log and the clients as stdout;
-    the clients' frames go to the relay, translated."""
+def test_the_monitor_relays_the_workload(tmp_path: Path) -> None:
+    """VmPump on the io port: the relay's stdout and stderr go to the log and the clients as
+    such; the clients' frames go to the relay, translated; its EXIT is the code and stops QEMU."""
     import socket
 
-    names = ("console", "stdin", "stdout", "stderr", "exit", ptyproto.WORKLOAD_PORT)
+    names = ("console", relay.WORKLOAD_PORT)
     pairs = {name: socket.socketpair() for name in names}
     ports = {name: ours for name, (ours, _) in pairs.items()}
     guest = {name: theirs for name, (_, theirs) in pairs.items()}
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(tmp_path / "attach.sock"))
     listener.listen(1)
-    sleeper = subprocess.Popen(["sleep", "30"])
+    sleeper = subprocess.Popen(["sleep", "30"])  # stands in for QEMU: EXIT must stop it
     log_fd = os.open(tmp_path / "ctr.log", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         pump = VmPump(sleeper.pid, listener, ports, Console(str(tmp_path / "console.log")), LogWriter(log_fd),
                       stdin=True)
         client, theirs = socket.socketpair()
         pump.clients.append(theirs)
-        guest["pty"].sendall(ptyproto._encode(GuestFrame.READY, b"7") + ptyproto._encode(GuestFrame.STDOUT, b"$ "))
-        pump._on_output(ports["pty"].fileno(), PTY)
+        guest["io"].sendall(relay._encode(GuestFrame.READY, b"7") + relay._encode(GuestFrame.STDOUT, b"$ ")
+                            + relay._encode(GuestFrame.STDERR, b"oops"))
+        pump._on_output(ports["io"].fileno(), IO)
         client.settimeout(5)
-        assert list(Decoder().feed(client.recv(4096))) == [(Frame.STDOUT, b"$ ")]
-        assert [e.data for e in read_entries((tmp_path / "ctr.log").read_bytes())] == [b"$ "]
+        assert list(Decoder().feed(client.recv(4096))) == [(Frame.STDOUT, b"$ "), (Frame.STDERR, b"oops")]
+        entries = read_entries((tmp_path / "ctr.log").read_bytes())
+        assert [(e.stream, e.data) for e in entries] == [(1, b"$ "), (2, b"oops")]
         pump._on_frame(Frame.STDIN, b"exit\r")
         pump._on_frame(Frame.RESIZE, b'{"rows": 24, "cols": 80}')
         pump._on_frame(Frame.SIGNAL, b"2")
-        guest["pty"].settimeout(5)
-        got = list(ptyproto.GuestDecoder().feed(guest["pty"].recv(4096)))
+        guest["io"].settimeout(5)
+        got = list(relay.GuestDecoder().feed(guest["io"].recv(4096)))
         assert got == [(GuestFrame.STDIN, b"exit\r"), (GuestFrame.RESIZE, b"24 80"), (GuestFrame.SIGNAL, b"2")]
-        guest["pty"].close()  # the guest side going away closes the stream
+        assert pump.guest_exit() == (None, None)
+        guest["io"].sendall(relay._encode(GuestFrame.EXIT, b"3"))
+        pump._on_output(ports["io"].fileno(), IO)
+        assert pump.guest_exit() == (3, None)
+        assert sleeper.wait(5) == -15  # SIGTERM: QEMU's clean exit
+        guest["io"].close()  # the guest side going away closes the stream
         before = pump.open_outputs
-        pump._on_output(ports["pty"].fileno(), PTY)
+        pump._on_output(ports["io"].fileno(), IO)
         assert pump.open_outputs == before - 1
     finally:
         sleeper.kill()
         sleeper.wait()
         os.close(log_fd)
+
+
+def test_the_init_s_error_line_is_the_run_s_error(tmp_path: Path) -> None:
+    console = Console(str(tmp_path / "console.log"))
+    console.feed(b"[    3.1] virtio_blk virtio1: [vda] 2048 512-byte logical blocks\r\n"
+                 b"isobox-init: error: cannot mount the volume at /data\r\n")
+    assert console.init_error == "cannot mount the volume at /data"
+    assert console.failure("the VM stopped before its workload started").startswith(
+        "the VM's init failed: cannot mount the volume at /data; the VM stopped before its workload started; "
+        "last console lines:\n")
 
 
 def test_console_names_a_panic_and_keeps_what_led_to_it(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ BUSYBOX = "/bin/busybox"
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "fuse", "virtiofs",
            "failover", "net_failover", "virtio_net")
 AGENT_BINARY = "usr/sbin/qemu-ga"
-RUN_HELPER = Path(__file__).with_name("guestrun.c")
+# isobox-run (guestrun.c), which is also the init's first stage (guestboot.c) as /init.
+RUN_HELPER_SOURCES = (Path(__file__).with_name("guestrun.c"), Path(__file__).with_name("guestboot.c"))
 
 
 def cache_root() -> Path:
@@ -178,12 +179,12 @@ def _add_host_file(cpio: Cpio, path: str) -> None:
 
 
 def run_helper(root: Path) -> Path:
-    """The static ``isobox-run`` helper (``guestrun.c``), compiled once per source version."""
-    source = RUN_HELPER.read_bytes()
+    """The static ``isobox-run`` helper, compiled once per source version."""
+    source = b"".join(src.read_bytes() for src in RUN_HELPER_SOURCES)
     out = root / f"isobox-run-{hashlib.sha256(source).hexdigest()[:12]}"
     if not out.exists():
         tmp = out.with_suffix(".tmp")
-        _run(["gcc", "-static", "-Os", "-s", "-o", str(tmp), str(RUN_HELPER)])
+        _run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", str(tmp), *map(str, RUN_HELPER_SOURCES)])
         os.rename(tmp, out)
     return out
 
@@ -203,8 +204,9 @@ def build_initramfs(modules_dir: Path, agent_tree: Path | None, helper: Path) ->
     cpio.file("bin/busybox", Path(BUSYBOX).read_bytes(), 0o755)
     for applet in _busybox_applets():
         cpio.symlink(f"bin/{applet}", "busybox")  # what `busybox --install -s` would make at each boot
-    cpio.file("init", guestinit.INIT_SCRIPT.encode(), 0o755)
     cpio.file("bin/isobox-run", helper.read_bytes(), 0o755)
+    cpio.symlink("init", "/bin/isobox-run")  # its first stage (guestboot.c), which execs init.sh
+    cpio.file("init.sh", guestinit.INIT_SCRIPT.encode(), 0o755)
     found = {p.stem: p for p in modules_dir.rglob("*.ko")}
     for name in MODULES:
         if name in found:

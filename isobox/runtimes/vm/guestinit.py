@@ -1,61 +1,29 @@
-'''The guest's /init: a busybox sh script, so that the initramfs needs nothing but busybox.
+'''The guest's /init, in two stages, so that the initramfs needs nothing but busybox and isobox-run.
 
-It loads the virtio modules, finds the root and spec disks by their virtio serial, mounts the
-image's root disk (an ext4 base with a per-VM qcow2 overlay, so it is writable here), mounts
-volumes (virtio-fs), starts qemu-ga for exec/cp/shutdown, then runs the workload through
-``isobox-run`` (``guestrun.c``: chroot, user, environment, working directory), its stdio on
-virtio-serial ports the host monitor reads.  The exit code goes back on the ``exit`` port; signals come in on ``signal``.
-With ``-t`` the workload's ``isobox-run --pty`` is a pty relay (see ``ptyproto.py``): it finds its
-own port by name, and its own stdio carry only its errors.
+``/init`` is ``isobox-run`` entered as PID 1 (``guestboot.c``): it loads the virtio modules, finds
+the root and spec disks by their virtio serial, links the ports by name, and mounts the image's
+root disk (an ext4 base with a per-VM qcow2 overlay, so it is writable here) — in C, because each
+fork of busybox costs 10-20 ms of guest CPU under TCG.  It then execs ``/init.sh`` (below), a
+busybox sh script, which sources the spec, configures the network, mounts volumes (virtio-fs),
+starts qemu-ga for exec/cp/shutdown, and runs the workload through ``isobox-run`` (``guestrun.c``:
+chroot, user, environment, working directory), its stdio on virtio-serial ports the host monitor
+reads.  ``isobox-run --relay io`` (``--pty io`` with ``-t``) relays the workload's stdio, the
+host's signals and the exit code over the one ``io`` port (see ``relay.py``).
 
 Host <-> guest contract (see ``qemu.py``):
     disk serial  isobox-root  the root disk      isobox-spec  the spec (a sh script ending "#END")
-    ports        stdin stdout stderr exit signal [pty] org.qemu.guest_agent.0; exec -t's hot-plugged
+    ports        io org.qemu.guest_agent.0; exec -t's hot-plugged
     console      ttyS0: kernel and init messages; "isobox-init: <stage>" lines mark progress;
                  then a shell (``isobox console``)
 '''
 
 INIT_SCRIPT = r'''#!/bin/sh
-export PATH=/bin:/sbin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
+# Entered from guestboot.c with /proc, /sys, /dev, the ports, /spec.sh and /newroot in place.
 say() { echo "isobox-init: $*" > /dev/console; }
-fail() { say "error: $*"; echo "error $*" > /dev/port-exit 2>/dev/null; sync; poweroff -f; reboot -f; }
-for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console; do
-    [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko 2>/dev/null
-done
-disk() {
-    for s in /sys/block/vd*/serial; do
-        [ "$(cat $s 2>/dev/null)" = "$1" ] && { d=${s%/serial}; echo /dev/${d##*/}; return 0; }
-    done
-    return 1
-}
-n=0
-while :; do
-    # The agent's port is the last on QEMU's command line: once it is linked, all the others are.
-    ROOT=$(disk isobox-root) && SPEC=$(disk isobox-spec) && [ -e /dev/port-exit ] \
-        && [ -e /dev/port-org.qemu.guest_agent.0 ] && break
-    for p in /sys/class/virtio-ports/*; do  # no command substitution: a fork is dear under TCG
-        read -r name 2>/dev/null < $p/name && [ -n "$name" ] && [ ! -L /dev/port-$name ] \
-            && ln -s /dev/${p##*/} /dev/port-$name
-    done
-    n=$((n+1)); [ $n -gt 2000 ] && { say "error: devices did not appear"; poweroff -f; }
-    usleep 5000
-done
-sed '/^#END$/q' $SPEC > /spec.sh
+# The monitor takes an "isobox-init: error: " line for the run's error (exit 125).
+fail() { say "error: $*"; sync; poweroff -f; reboot -f; }
 . /spec.sh
-mount -t ext4 -o rw $ROOT /newroot || fail "cannot mount the root disk"
-mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp
-mount -t proc proc /newroot/proc
-mount -t sysfs sys /newroot/sys
-mount -t devtmpfs dev /newroot/dev
-mkdir -p /newroot/dev/pts /newroot/dev/shm
-mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
-mount -t tmpfs -o nosuid,nodev shm /newroot/dev/shm
-hostname "$ISOBOX_HOSTNAME"
-echo "$ISOBOX_HOSTNAME" > /proc/sys/kernel/hostname
-ip link set lo up 2>/dev/null
+echo "$ISOBOX_HOSTNAME" > /proc/sys/kernel/hostname  # a builtin: no fork for `hostname`
 if [ -n "$ISOBOX_NET_ADDR" ]; then
     for m in failover net_failover virtio_net; do insmod /lib/modules/$m.ko 2>/dev/null; done
     n=0
@@ -79,24 +47,24 @@ if [ -n "$ISOBOX_VOLUMES" ]; then
     volumes
 fi
 say "workload"
-if [ "$ISOBOX_STDIN" = 1 ]; then in=/dev/port-stdin; else in=/dev/null; fi
-"$@" < $in > /dev/port-stdout 2> /dev/port-stderr &
+# The relay (isobox-run --relay/--pty io, the spec's "$@") carries the workload's stdio, signals
+# and exit code; it reports the exit after a sync, and the host then ends the VM.  Its own errors
+# (before the workload runs) go to the console, whose tail the host reports when no exit came.
+"$@" < /dev/null > /dev/console 2>&1 &
 pid=$!
 # Off the workload's critical path: the guest agent (exec, cp) and, for `isobox console`, a root
 # shell of the VM (outside the image's root) on the serial console.
-if [ -x /usr/sbin/qemu-ga ] && [ -e /dev/port-org.qemu.guest_agent.0 ]; then
-    mkdir -p /run/qga
-    # In the background at nice 19 (isobox-run restores 0 for what it execs): its start-up, ~0.4 s
-    # of CPU under TCG, neither delays the workload nor the exit report of a short one.
-    sh -c 'renice -n 19 -p $$ >/dev/null; exec /usr/sbin/qemu-ga -m virtio-serial \
-        -p /dev/port-org.qemu.guest_agent.0 -t /run/qga' 2>/dev/console &
+if [ -x /usr/sbin/qemu-ga ]; then
+    # At nice 19 (isobox-run restores 0 for what it execs): its start-up, ~0.4 s of CPU under
+    # TCG, neither delays the workload nor the exit report of a short one.
+    isobox-run --nice 19 /usr/sbin/qemu-ga -m virtio-serial -p /dev/port-org.qemu.guest_agent.0 -t /run/qga \
+        2>/dev/console &
 fi
-setsid cttyhack sh -c 'while :; do sh; done' < /dev/console > /dev/console 2>&1 &
-while read -r sig; do kill -s "$sig" $pid 2>/dev/null; done < /dev/port-signal &
+# It starts at nice 19 too, so that its three execs do not compete with the workload's start,
+# and gives its shells the normal priority once it runs.
+isobox-run --nice 19 /bin/setsid cttyhack sh -c 'renice 0 -p $$ >/dev/null; while :; do sh; done' \
+    < /dev/console > /dev/console 2>&1 &
 wait $pid
-code=$?
-echo "exit $code" > /dev/port-exit
-sync
 poweroff -f
 reboot -f
 '''

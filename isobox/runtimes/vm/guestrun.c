@@ -1,22 +1,29 @@
 /* isobox-run: the guest-side exec of a workload (static, in the isobox initramfs).
  *
- *   isobox-run [--pty PORT] ROOT UID GID GROUPS WORKDIR NENV K=V... -- PROG ARGS...
+ *   isobox-run [--relay PORT [--stdin] | --pty PORT] [--sync] ROOT UID GID GROUPS WORKDIR NENV K=V... -- PROG ARGS...
  *
  * chroot into ROOT, create and enter WORKDIR (Docker creates a missing one), drop to UID/GID
  * with the supplementary GROUPS ("-" for none, else comma-separated), replace the environment,
  * and execvp PROG with the workload's PATH.  Exit codes follow Docker: 127 when PROG is not
  * found, 126 when it cannot be run or the working directory cannot be entered.
  * busybox has no numeric setuid applet, so this small helper is compiled once by the host.
+ * Run as /init (PID 1) it is the guest init's first stage instead (guestboot.c);
+ * `isobox-run --nice N PATH ARGS...` is the init's `nice` (exec PATH at niceness N).
  *
- * With --pty, PROG gets a terminal (run -t, exec -t): a pty of the devpts instance mounted in
- * ROOT (so `tty` says /dev/pts/N inside), PROG as the session leader with the pty as its
- * controlling terminal.  This process stays outside as the relay between the pty master and the
- * virtio-serial port named PORT, in isobox's attach framing (8-byte header: type, 3 zero bytes,
- * big-endian length; see ptyproto.py):
+ * With --relay PORT or --pty PORT this process stays outside PROG as the relay between PROG's
+ * stdio and the virtio-serial port named PORT, in isobox's attach framing (8-byte header: type,
+ * 3 zero bytes, big-endian length; see relay.py):
  *     host -> guest  STDIN(0) bytes, RESIZE(5) "ROWS COLS", SIGNAL(6) "N", STDIN_EOF(7)
- *     guest -> host  READY(8) our pid (first), STDOUT(1) bytes, EXIT(3) "CODE" (last)
- * It exits with PROG's code (128+N for a signal).  EOF on the port means the host went away:
- * the pty is hung up (SIGHUP to the session), as sshd does when its client disconnects.
+ *     guest -> host  READY(8) our pid (first), STDOUT(1)/STDERR(2) bytes, EXIT(3) "CODE" (last)
+ * --relay: PROG's stdout and stderr are pipes (two streams); its stdin is a pipe fed by STDIN
+ * frames with --stdin, else /dev/null.  One port carries what five did: each virtio-serial port
+ * costs the guest ~90 ms of boot under TCG.
+ * --pty: PROG gets a terminal (run -t, exec -t): a pty of the devpts instance mounted in ROOT
+ * (so `tty` says /dev/pts/N inside), PROG as the session leader with the pty as its controlling
+ * terminal; one output stream.
+ * The relay exits with PROG's code (128+N for a signal); with --sync it first flushes the guest's
+ * disks, so that the host may end the VM the moment EXIT arrives.  EOF on the port means the host
+ * went away: PROG is hung up (SIGHUP to the session), as sshd does when its client disconnects.
  * Either way PROG starts with default signal dispositions and an empty signal mask.
  */
 #define _GNU_SOURCE
@@ -38,7 +45,7 @@
 #include <termios.h>
 #include <unistd.h>
 
-enum { F_STDIN = 0, F_STDOUT = 1, F_EXIT = 3, F_RESIZE = 5, F_SIGNAL = 6, F_STDIN_EOF = 7, F_READY = 8 };
+enum { F_STDIN = 0, F_STDOUT = 1, F_STDERR = 2, F_EXIT = 3, F_RESIZE = 5, F_SIGNAL = 6, F_STDIN_EOF = 7, F_READY = 8 };
 #define CHUNK 16384
 #define PENDING_MAX 65536 /* input waiting for the pty; the port is not read while it is full */
 #define READY_PATIENCE_MS 10000 /* for the host end to connect (it does before it starts us) */
@@ -158,9 +165,12 @@ static int open_port(const char *name) {
 }
 
 struct relay {
-    int port, master, sigfd;
+    int port, sigfd, is_pty;
+    int in_fd;     /* the pty master, or the write end of PROG's stdin pipe; -1: none (or closed) */
+    int in_eof;    /* STDIN_EOF came: close in_fd once pending is written (pipes) */
+    int out_fd[2]; /* the pty master, or the read ends of PROG's stdout and stderr pipes; -1: closed */
     pid_t child;
-    unsigned char pending[PENDING_MAX]; /* for the pty */
+    unsigned char pending[PENDING_MAX]; /* input waiting for in_fd */
     size_t npending;
     unsigned char hdr[8]; /* the frame being parsed */
     int nhdr, type;
@@ -171,17 +181,19 @@ struct relay {
 
 static void on_control(struct relay *r) {
     r->ctl[r->nctl] = 0;
-    if (r->type == F_RESIZE) {
+    if (r->type == F_RESIZE && r->is_pty) {
         unsigned rows = 0, cols = 0;
         if (sscanf(r->ctl, "%u %u", &rows, &cols) == 2 && rows && cols && rows < 65536 && cols < 65536) {
             struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
-            ioctl(r->master, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH to the foreground */
+            ioctl(r->in_fd, TIOCSWINSZ, &ws); /* the kernel sends SIGWINCH to the foreground */
         }
     } else if (r->type == F_SIGNAL) {
         int sig = atoi(r->ctl);
         if (sig > 0 && sig < NSIG) kill(r->child, sig);
-    } else if (r->type == F_STDIN_EOF && r->npending < PENDING_MAX) {
+    } else if (r->type == F_STDIN_EOF && r->is_pty && r->npending < PENDING_MAX) {
         r->pending[r->npending++] = 4; /* a tty has no EOF of its own: ^D, as a container's monitor does */
+    } else if (r->type == F_STDIN_EOF) {
+        r->in_eof = 1;
     }
 }
 
@@ -198,8 +210,10 @@ static void on_port_data(struct relay *r, const unsigned char *p, size_t n) {
         } else {
             size_t take = n < r->left ? n : r->left;
             if (r->type == F_STDIN) {
-                memcpy(r->pending + r->npending, p, take);
-                r->npending += take;
+                if (r->in_fd >= 0 && !r->in_eof) { /* else PROG has no stdin: dropped */
+                    memcpy(r->pending + r->npending, p, take);
+                    r->npending += take;
+                }
             } else {
                 for (size_t i = 0; i < take && r->nctl < sizeof r->ctl - 1; i++) r->ctl[r->nctl++] = (char)p[i];
             }
@@ -218,23 +232,35 @@ static int exit_code(int status) {
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
-/* Pump until PROG has exited and the pty is drained (all its writers gone, or quiet for 0.2 s:
- * a background job may keep the pty open).  Returns PROG's exit code, or -1 when the host went
- * away (the pty is then hung up: SIGHUP to the session, as sshd does when its client leaves). */
+static void hang_up(struct relay *r, int status) {
+    for (int i = 0; i < 2; i++) if (r->out_fd[i] >= 0) close(r->out_fd[i]);
+    if (r->in_fd >= 0 && !r->is_pty) close(r->in_fd);
+    if (status == -1) kill(r->child, SIGHUP);
+}
+
+/* Pump until PROG has exited and its output is drained (all its writers gone, or quiet for
+ * 0.2 s: a background job may keep the pty or a pipe open).  Returns PROG's exit code, or -1
+ * when the host went away. */
 static int pump(struct relay *r) {
-    int status = -1, master_open = 1;
+    int status = -1;
     unsigned char buf[CHUNK];
     for (;;) {
-        if (status != -1 && !master_open) break;
-        struct pollfd fds[3] = {
+        if (status != -1 && r->out_fd[0] < 0 && r->out_fd[1] < 0) break;
+        if (r->in_eof && !r->npending && r->in_fd >= 0 && !r->is_pty) {
+            close(r->in_fd); /* PROG reads EOF */
+            r->in_fd = -1;
+        }
+        struct pollfd fds[5] = {
             { r->port, r->npending + CHUNK <= PENDING_MAX ? POLLIN : 0, 0 },
-            { master_open ? r->master : -1, POLLIN | (r->npending ? POLLOUT : 0), 0 },
+            { r->out_fd[0], POLLIN, 0 },
+            { r->out_fd[1], POLLIN, 0 },
+            { r->npending ? r->in_fd : -1, POLLOUT, 0 },
             { r->sigfd, POLLIN, 0 },
         };
-        int ready = poll(fds, 3, status == -1 ? -1 : 200);
+        int ready = poll(fds, 5, status == -1 ? -1 : 200);
         if (ready < 0 && errno == EINTR) continue;
         if (ready == 0) break; /* exited and quiet */
-        if (fds[2].revents & POLLIN) {
+        if (fds[4].revents & POLLIN) {
             struct signalfd_siginfo si;
             if (read(r->sigfd, &si, sizeof si) == sizeof si && si.ssi_signo != SIGCHLD)
                 kill(r->child, (int)si.ssi_signo); /* forwarded, as the init forwards to a workload */
@@ -247,46 +273,87 @@ static int pump(struct relay *r) {
             if (n > 0) {
                 on_port_data(r, buf, (size_t)n);
             } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-                close(r->master); /* the hang-up */
-                if (status == -1) kill(r->child, SIGHUP);
+                hang_up(r, status);
                 return -1;
             }
         }
-        if (r->npending && (fds[1].revents & POLLOUT)) {
-            ssize_t n = write(r->master, r->pending, r->npending);
+        if (fds[3].revents & (POLLOUT | POLLERR | POLLHUP)) {
+            ssize_t n = write(r->in_fd, r->pending, r->npending);
             if (n > 0) {
                 memmove(r->pending, r->pending + n, r->npending - (size_t)n);
                 r->npending -= (size_t)n;
+            } else if (n < 0 && errno == EPIPE) { /* PROG closed its stdin: drop what it never reads */
+                r->npending = 0;
             }
         }
-        if (fds[1].revents & (POLLIN | POLLHUP | POLLERR)) {
-            ssize_t n = read(r->master, buf, CHUNK);
+        for (int i = 0; i < 2; i++) {
+            if (!(fds[1 + i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t n = read(r->out_fd[i], buf, CHUNK);
             if (n > 0) {
-                if (send_frame(r->port, F_STDOUT, buf, (size_t)n, 0) < 0) {
-                    close(r->master);
-                    if (status == -1) kill(r->child, SIGHUP);
+                if (send_frame(r->port, i ? F_STDERR : F_STDOUT, buf, (size_t)n, 0) < 0) {
+                    hang_up(r, status);
                     return -1;
                 }
             } else if (n == 0 || (errno != EINTR && errno != EAGAIN)) {
-                master_open = 0; /* EIO: every holder of the pty is gone (PROG may still run) */
+                /* EOF, or EIO from a pty: every holder is gone (PROG may still run) */
+                if (!r->is_pty) close(r->out_fd[i]);
+                r->out_fd[i] = -1;
             }
         }
     }
     return exit_code(status);
 }
 
-static int run_with_pty(const char *port_name, char **argv, int nenv) {
-    int port = open_port(port_name);
+struct options { const char *port; int is_pty, want_stdin, sync; };
+
+/* PROG's end of the relay in the child: the pty as controlling terminal, or the pipes. */
+static void child_stdio(const struct options *o, int slave, int pipes[3][2]) {
+    if (o->is_pty) {
+        if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) { perror("isobox-run: controlling tty"); _exit(125); }
+        dup2(slave, 0);
+        dup2(slave, 1);
+        dup2(slave, 2);
+        if (slave > 2) close(slave);
+        return;
+    }
+    int in = o->want_stdin ? pipes[0][0] : open("/dev/null", O_RDONLY);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(pipes[1][1], 1) < 0 || dup2(pipes[2][1], 2) < 0) _exit(125);
+}
+
+static int run_relay(const struct options *o, char **argv, int nenv) {
+    int port = open_port(o->port);
     if (port < 0) return 125;
     if (chroot(argv[1]) < 0 || chdir("/") < 0) { perror("isobox-run: chroot"); return 125; }
-    /* The devpts instance mounted in the image's root (newinstance): its ptys are the workload's. */
-    int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
-    int unlock = 0;
-    if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0) { perror("isobox-run: /dev/pts/ptmx"); return 125; }
-    int slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
-    if (slave < 0) { perror("isobox-run: pty"); return 125; }
-    if (fchown(slave, (uid_t)strtoul(argv[2], NULL, 10), (gid_t)strtoul(argv[3], NULL, 10)) < 0) {
-        perror("isobox-run: chown pty");
+    static struct relay r;
+    r.port = port;
+    r.is_pty = o->is_pty;
+    int slave = -1;
+    int pipes[3][2] = { { -1, -1 }, { -1, -1 }, { -1, -1 } };
+    if (o->is_pty) {
+        /* The devpts instance mounted in the image's root (newinstance): its ptys are the workload's. */
+        int master = open("/dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+        int unlock = 0;
+        if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0) { perror("isobox-run: /dev/pts/ptmx"); return 125; }
+        slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY);
+        if (slave < 0) { perror("isobox-run: pty"); return 125; }
+        if (fchown(slave, (uid_t)strtoul(argv[2], NULL, 10), (gid_t)strtoul(argv[3], NULL, 10)) < 0) {
+            perror("isobox-run: chown pty");
+        }
+        r.in_fd = master;
+        r.out_fd[0] = master;
+        r.out_fd[1] = -1;
+    } else {
+        for (int i = 0; i < 3; i++) {
+            if ((i > 0 || o->want_stdin) && pipe2(pipes[i], O_CLOEXEC) < 0) { perror("isobox-run: pipe"); return 125; }
+        }
+        r.in_fd = pipes[0][1];
+        r.out_fd[0] = pipes[1][0];
+        r.out_fd[1] = pipes[2][0];
+        for (int i = 0; i < 3; i++) {
+            int ours = i ? pipes[i][0] : pipes[i][1];
+            if (ours >= 0) fcntl(ours, F_SETFL, O_NONBLOCK);
+        }
+        signal(SIGPIPE, SIG_IGN); /* a closed stdin is EPIPE, not our death (PROG's is reset) */
     }
     sigset_t mask;
     sigemptyset(&mask);
@@ -298,44 +365,60 @@ static int run_with_pty(const char *port_name, char **argv, int nenv) {
     char pid[16];
     int npid = snprintf(pid, sizeof pid, "%d", (int)getpid());
     if (sigfd < 0 || send_frame(port, F_READY, pid, (size_t)npid, READY_PATIENCE_MS) < 0) {
-        fprintf(stderr, "isobox-run: no host end on virtio port %s\n", port_name);
+        fprintf(stderr, "isobox-run: no host end on virtio port %s\n", o->port);
         return 125;
     }
     pid_t child = fork();
     if (child < 0) { perror("isobox-run: fork"); return 125; }
     if (child == 0) {
-        if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0) { perror("isobox-run: controlling tty"); _exit(125); }
-        dup2(slave, 0);
-        dup2(slave, 1);
-        dup2(slave, 2);
-        if (slave > 2) close(slave);
+        child_stdio(o, slave, pipes);
         _exit(become(argv, nenv));
     }
-    close(slave);
-    static struct relay r;
-    r.port = port;
-    r.master = master;
+    if (slave >= 0) close(slave);
+    for (int i = 0; i < 3; i++) {
+        int theirs = i ? pipes[i][1] : pipes[i][0];
+        if (theirs >= 0) close(theirs);
+    }
     r.sigfd = sigfd;
     r.child = child;
     int code = pump(&r);
     if (code < 0) return 129; /* hung up */
+    if (o->sync) sync();
     char text[16];
     int ntext = snprintf(text, sizeof text, "%d", code);
     send_frame(port, F_EXIT, text, (size_t)ntext, 0);
     return code;
 }
 
+int boot_main(void); /* guestboot.c */
+
 int main(int argc, char **argv) {
-    const char *pty_port = NULL;
-    if (argc > 2 && strcmp(argv[1], "--pty") == 0) {
-        pty_port = argv[2];
-        argv += 2;
-        argc -= 2;
+    if (strcmp(argv[0], "/init") == 0 && getpid() == 1) return boot_main();
+    if (argc > 3 && strcmp(argv[1], "--nice") == 0) { /* the init's: Debian's busybox has no `nice` */
+        setpriority(PRIO_PROCESS, 0, atoi(argv[2]));
+        execv(argv[3], argv + 3);
+        perror("isobox-run: exec");
+        return 127;
     }
-    if (argc < 9) { fprintf(stderr, "usage: isobox-run [--pty PORT] ROOT UID GID GROUPS WORKDIR NENV ENV... -- PROG\n"); return 125; }
+    struct options o = { NULL, 0, 0, 0 };
+    for (;;) {
+        if (argc > 2 && (strcmp(argv[1], "--pty") == 0 || strcmp(argv[1], "--relay") == 0)) {
+            o.is_pty = argv[1][2] == 'p';
+            o.port = argv[2];
+            argv += 2;
+            argc -= 2;
+        } else if (argc > 1 && (strcmp(argv[1], "--stdin") == 0 || strcmp(argv[1], "--sync") == 0)) {
+            if (argv[1][3] == 't') o.want_stdin = 1; else o.sync = 1;
+            argv += 1;
+            argc -= 1;
+        } else {
+            break;
+        }
+    }
+    if (argc < 9) { fprintf(stderr, "usage: isobox-run [--relay PORT [--stdin] | --pty PORT] [--sync] ROOT UID GID GROUPS WORKDIR NENV ENV... -- PROG\n"); return 125; }
     int nenv = atoi(argv[6]);
     if (7 + nenv + 1 >= argc || strcmp(argv[7 + nenv], "--") != 0) { fprintf(stderr, "isobox-run: bad arguments\n"); return 125; }
-    if (pty_port) return run_with_pty(pty_port, argv, nenv);
+    if (o.port) return run_relay(&o, argv, nenv);
     if (chroot(argv[1]) < 0 || chdir("/") < 0) { perror("isobox-run: chroot"); return 125; }
     return become(argv, nenv);
 }

@@ -1,17 +1,19 @@
 """The per-VM monitor: runs QEMU as its child and outlives the daemon, like a container's monitor.
 
-    python -m isobox.runtimes.vm.monitor CONFIG.json STATUS_FD
+    python -m isobox.runtimes.vm.vmstart CONFIG.json STATUS_FD   (which calls main here)
 
-It starts QEMU, connects to its chardev sockets (serial console and the virtio-serial ports of
-``guestinit.py``), and waits for the guest init's "workload" mark on the console.  Only then
-does it report ``{"pid": QEMU's pid, ...}`` on the status fd — or an error carrying the last
-console lines, when QEMU dies, the kernel panics or the mark does not come in time.  After
-that it is the container monitor's ``Pump`` (log, attach clients), extended for the console and
-the exit port, and it writes the guest workload's exit code to the exit file.
+It starts QEMU, connects to its chardev sockets (serial console and the workload's ``io``
+port, see ``guestinit.py``), and waits for the guest init's "workload" mark on the console.
+Only then does it report ``{"pid": QEMU's pid, ...}`` on the status fd — or an error carrying
+the last console lines (and the init's own "error:" line), when QEMU dies, the kernel panics or
+the mark does not come in time.  After that it is the container monitor's ``Pump`` (log, attach
+clients), extended for the console and the io port, and it writes the guest workload's exit
+code to the exit file.
 
-With ``pty`` (``run -t``) the workload's terminal is a pty in the guest behind a relay on the
-``pty`` port (``ptyproto.py``): its output is the log's and the clients' stdout; their stdin,
-resizes and signals go to the relay.
+The io port carries the guest relay's frames (``relay.py``): the workload's stdout and stderr
+(one stream on a pty with ``run -t``) go to the log and the clients; their stdin, resizes and
+signals go to the relay.  Its EXIT report, sent after the guest flushed its disks, ends the VM:
+the monitor stops QEMU then rather than wait for the guest to power itself off.
 
 A guest kernel panic ends QEMU at once (``panic=-1``, ``-no-reboot``); the error then names the
 panic and carries the console's last lines, whether it came before the workload or during it.
@@ -44,11 +46,12 @@ from isobox.errors import RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus, Pump, write_file_atomic
-from isobox.runtimes.vm import ptyproto
+from isobox.runtimes.vm import relay, vmstart
 from isobox.runtimes.vm.qemu import SOCKETS
 
-CONSOLE, EXIT, CONSOLE_LISTEN, CONSOLE_CLIENT, PTY = 10, 11, 12, 13, 14
+CONSOLE, IO, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
 READY_MARK = b"isobox-init: workload"
+INIT_ERROR_MARK = b"isobox-init: error: "
 PANIC_MARK = b"Kernel panic - not syncing"
 ATTACH_TIMEOUT = 60.0
 CONSOLE_TAIL = 20
@@ -69,7 +72,6 @@ class MonitorConfig:
     boot_timeout: float
     volumes: list[tuple[str, bool]] = field(default_factory=list)  # (host dir, read-only)
     firmware: bool = False  # a firmware-booted OS: no isobox init, the console is the output
-    pty: bool = False  # run -t: the workload's terminal is behind the guest's relay on the pty port
 
     def sock(self, name: str) -> str:
         return os.path.join(self.run_dir, f"{name}.sock")
@@ -91,6 +93,7 @@ class Console:
         self.partial = b""
         self.ready = False
         self.panic: str | None = None  # the kernel's panic line, once seen
+        self.init_error: str | None = None  # the guest init's "error: " line, once seen
         self.after_panic = 0
 
     def feed(self, data: bytes) -> None:
@@ -101,6 +104,8 @@ class Console:
             line = line.rstrip(b"\r")
             if line.startswith(READY_MARK):
                 self.ready = True
+            if self.init_error is None and line.startswith(INIT_ERROR_MARK):
+                self.init_error = line[len(INIT_ERROR_MARK):].decode(errors="replace").strip()
             if self.panic is None and (at := line.find(PANIC_MARK)) >= 0:
                 self.panic = line[at:].decode(errors="replace").strip()
                 self.after_panic = 0
@@ -119,6 +124,8 @@ class Console:
         """``what`` went wrong, with the panic named first when the guest kernel panicked."""
         if self.panic:
             what = f"the guest kernel panicked ({self.panic}); {what}"
+        elif self.init_error:
+            what = f"the VM's init failed: {self.init_error}; {what}"
         tail = self.tail()
         return f"{what}; last console lines:\n{tail}" if tail else what
 
@@ -146,39 +153,31 @@ def _listen(path: str) -> socket.socket:
 
 
 class VmPump(Pump):
-    """Pump plus the console (to console.log) and the exit port; signals go into the guest."""
+    """Pump plus the console (to console.log) and the workload's relay on the io port."""
 
     def __init__(self, qemu_pid: int, listener: socket.socket, ports: dict[str, socket.socket],
                  console: Console, log: LogWriter, stdin: bool, firmware: bool = False) -> None:
-        if firmware:  # the serial console is the workload's output and its input
-            outputs = {ports["console"].fileno(): CONSOLE}
-            stdin_fd = ports["console"].fileno() if stdin else None
-        else:
-            outputs = {ports["stdout"].fileno(): 1, ports["stderr"].fileno(): 2,
-                       ports["console"].fileno(): CONSOLE, ports["exit"].fileno(): EXIT}
-            stdin_fd = ports["stdin"].fileno() if stdin else None
-        # run -t: the relay's frames are the workload's output; every client frame goes to it.
-        self.pty = ports.get(ptyproto.WORKLOAD_PORT)
-        self.pty_decoder = ptyproto.GuestDecoder()
-        if self.pty is not None:
-            outputs[self.pty.fileno()] = PTY
+        outputs = {ports["console"].fileno(): CONSOLE}
+        # Firmware boots: the serial console is the workload's output and its input.
+        stdin_fd = ports["console"].fileno() if firmware and stdin else None
+        self.io = None if firmware else ports[relay.WORKLOAD_PORT]
+        if self.io is not None:
+            outputs[self.io.fileno()] = IO
+        self.io_decoder = relay.GuestDecoder()
+        self.exit_code: int | None = None
         super().__init__(qemu_pid, listener, outputs, stdin_fd, None, log)
         self.firmware = firmware
         self.qmp_path = os.path.join(os.path.dirname(listener.getsockname()), "qmp.sock")
         self.ports = ports
         self.console = console
-        self.exit_line = b""
         # `isobox console`: raw bytes both ways between clients and the serial console.
         self.console_listener = _listen(os.path.join(os.path.dirname(listener.getsockname()), "tty.sock"))
         self.sel.register(self.console_listener, selectors.EVENT_READ, ("out", CONSOLE_LISTEN))
         self.console_clients: dict[int, socket.socket] = {}
 
     def _on_output(self, fd: int, stream: int) -> None:
-        if stream in (1, 2):
-            super()._on_output(fd, stream)
-            return
-        if stream == PTY:
-            self._on_pty(fd)
+        if stream == IO:
+            self._on_io(fd)
             return
         if stream == CONSOLE_LISTEN:
             with contextlib.suppress(OSError):
@@ -208,26 +207,23 @@ class VmPump(Pump):
             self.sel.unregister(fd)
             self.open_outputs -= 1
             return
-        if stream == CONSOLE:
-            self.console.feed(data)
-            for client in list(self.console_clients.values()):
-                try:
-                    client.sendall(data)
-                except OSError:
-                    self.sel.unregister(client)
-                    del self.console_clients[client.fileno()]
-                    client.close()
-            if self.firmware:
-                if self.log is not None:
-                    self.log.write(1, data)
-                self.broadcast(attach.encode(Frame.STDOUT, data))
-        else:
-            self.exit_line += data
+        self.console.feed(data)
+        for client in list(self.console_clients.values()):
+            try:
+                client.sendall(data)
+            except OSError:
+                self.sel.unregister(client)
+                del self.console_clients[client.fileno()]
+                client.close()
+        if self.firmware:
+            if self.log is not None:
+                self.log.write(1, data)
+            self.broadcast(attach.encode(Frame.STDOUT, data))
 
-    def _on_pty(self, fd: int) -> None:
+    def _on_io(self, fd: int) -> None:
         try:
             data = os.read(fd, 65536)
-            frames = list(self.pty_decoder.feed(data))
+            frames = list(self.io_decoder.feed(data))
         except (OSError, ValueError):  # ValueError: not the relay's framing; nothing more to trust
             data, frames = b"", []
         if not data:
@@ -235,46 +231,38 @@ class VmPump(Pump):
             self.open_outputs -= 1
             return
         for kind, payload in frames:
-            if kind == ptyproto.GuestFrame.STDOUT and payload:
+            if kind in (relay.GuestFrame.STDOUT, relay.GuestFrame.STDERR) and payload:
                 if self.log is not None:
-                    self.log.write(1, payload)
-                self.broadcast(ptyproto.stdout_frame(payload))
-            # READY and EXIT: the init reports the exit code on the exit port, as without -t
+                    self.log.write(int(kind), payload)
+                self.broadcast(relay.output_frame(kind, payload))
+            elif kind == relay.GuestFrame.EXIT and self.exit_code is None:
+                self.exit_code = relay.number(payload)
+                # The relay flushed the guest's disks before it reported: the VM has done its
+                # work, and QEMU's own clean exit (SIGTERM) flushes its caches to the overlay.
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
 
     def _on_frame(self, kind: Frame, payload: bytes) -> None:
-        if self.pty is not None:
-            if data := ptyproto.to_guest(kind, payload):
+        if self.io is not None:
+            if data := relay.to_guest(kind, payload):
                 with contextlib.suppress(OSError):
-                    self.pty.sendall(data)
+                    self.io.sendall(data)
             return
-        if self.firmware and kind == Frame.STDIN_EOF:
+        if kind == Frame.STDIN_EOF:
             self.stdin_fd = None  # the console stays open for `isobox console`
             return
-        if self.firmware and kind == Frame.SIGNAL:
+        if kind == Frame.SIGNAL:
             with contextlib.suppress(ValueError):
                 if int(payload) in POWER_BUTTON_SIGNALS:
                     system_powerdown(self.qmp_path)
             return
-        if kind == Frame.STDIN_EOF and self.stdin_fd is not None:
-            # Half-close: QEMU reads (and passes on) what is buffered before it sees EOF, even
-            # when the guest opens its stdin port only later; a close could drop that data.
-            with contextlib.suppress(OSError):
-                self.ports["stdin"].shutdown(socket.SHUT_WR)
-            self.stdin_fd = None
-            return
-        if kind == Frame.SIGNAL:
-            with contextlib.suppress(ValueError, OSError):
-                self.ports["signal"].sendall(b"%d\n" % int(payload))
-            return
         super()._on_frame(kind, payload)
 
     def guest_exit(self) -> tuple[int | None, str | None]:
-        line = self.exit_line.decode(errors="replace").strip()
-        if line.startswith("exit "):
-            with contextlib.suppress(ValueError):
-                return int(line.split()[1]), None
-        if line.startswith("error "):
-            return 125, line.removeprefix("error ")
+        if self.exit_code is not None:
+            return self.exit_code, None
+        if self.console.init_error:
+            return 125, self.console.init_error
         return None, None
 
 
@@ -392,25 +380,23 @@ def _stop_qemu(qemu: subprocess.Popen[bytes]) -> None:
         qemu.wait(10)
 
 
-def run(cfg: MonitorConfig, status_fd: int) -> None:
+def run(cfg: MonitorConfig, status_fd: int, qemu: subprocess.Popen[bytes] | None = None) -> None:
+    """``qemu``: already started (``vmstart.py``, a VM without volumes)."""
     console = Console(cfg.console_log)
-    qemu_log = os.open(os.path.join(cfg.run_dir, "qemu.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     listener = _listen(cfg.sock("attach"))
-    try:
-        virtiofsd = _start_volumes(cfg)
-    except (BootFailure, subprocess.CalledProcessError, OSError) as exc:
-        unmount_under(cfg.run_dir)
-        os.write(status_fd, json.dumps({"error": f"cannot share the volumes: {exc}"}).encode() + b"\n")
-        return
-    qemu = subprocess.Popen(cfg.argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                            close_fds=True)
-    os.close(qemu_log)
+    virtiofsd: list[subprocess.Popen[bytes]] = []
+    if qemu is None:
+        try:
+            virtiofsd = _start_volumes(cfg)
+        except (BootFailure, subprocess.CalledProcessError, OSError) as exc:
+            unmount_under(cfg.run_dir)
+            os.write(status_fd, json.dumps({"error": f"cannot share the volumes: {exc}"}).encode() + b"\n")
+            return
+        qemu = vmstart.start_qemu(cfg.argv, cfg.run_dir)
     ports: dict[str, socket.socket] = {}
     try:
         deadline = time.monotonic() + cfg.boot_timeout
-        names: tuple[str, ...] = ("console",) if cfg.firmware else ("console", "stdin", "stdout", "stderr", "exit", "signal")
-        if cfg.pty:
-            names += (ptyproto.WORKLOAD_PORT,)
+        names: tuple[str, ...] = ("console",) if cfg.firmware else ("console", relay.WORKLOAD_PORT)
         for name in names:
             ports[name] = _connect(cfg.sock(name), qemu, time.monotonic() + 10)
         if cfg.firmware:
@@ -456,7 +442,7 @@ def run(cfg: MonitorConfig, status_fd: int) -> None:
 
 
 def _remove_sockets(cfg: MonitorConfig) -> None:
-    exec_ports = Path(cfg.run_dir).glob(f"{ptyproto.EXEC_PORT_PREFIX}*.sock")  # a crashed exec -t's
+    exec_ports = Path(cfg.run_dir).glob(f"{relay.EXEC_PORT_PREFIX}*.sock")  # a crashed exec -t's
     names = [*SOCKETS, *(p.stem for p in exec_ports)]
     for name in names:
         with contextlib.suppress(OSError):
@@ -478,7 +464,7 @@ def read_line(fd: int, timeout: float) -> bytes:
     return data
 
 
-def main() -> None:
+def main(qemu: subprocess.Popen[bytes] | None = None) -> None:
     cfg = MonitorConfig(**json.loads(Path(sys.argv[1]).read_text()))
     status_fd = int(sys.argv[2])
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
@@ -488,7 +474,7 @@ def main() -> None:
     for fd in (0, 1):
         os.dup2(devnull, fd)
     try:
-        run(cfg, status_fd)
+        run(cfg, status_fd, qemu)
     except BaseException as exc:  # noqa: BLE001 - reported through the status pipe
         with contextlib.suppress(OSError):
             os.write(status_fd, json.dumps({"error": f"VM monitor: {type(exc).__name__}: {exc}"}).encode() + b"\n")

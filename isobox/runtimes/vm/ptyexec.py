@@ -3,7 +3,7 @@
     python -m isobox.runtimes.vm.ptyexec RUN_DIR REQUEST.json STATUS_FD
 
 qemu-ga runs commands without a terminal and hands their output back only when they end, so a
-terminal session takes another road, through the guest's pty relay (``ptyproto.py``):
+terminal session takes another road, through the guest's pty relay (``relay.py``):
 
 1. hot-plug a virtio-serial port of its own over QMP (a chardev socket in the run dir and a
    ``virtserialport`` named after it: ports present at boot would cost every boot) and connect;
@@ -11,7 +11,7 @@ terminal session takes another road, through the guest's pty relay (``ptyproto.p
    which finds the port by name, allocates the pty in the image's devpts, starts the command on
    it and relays;
 3. wait for the relay's READY (with the pid qemu-ga reported);
-4. proxy: the client's frames go to the relay as ``ptyproto.to_guest`` makes them, the relay's
+4. proxy: the client's frames go to the relay as ``relay.to_guest`` makes them, the relay's
    output comes back as STDOUT and its EXIT becomes the client's.  The port closing means the
    VM stopped; the client leaving hangs the session up (the relay sees the port's EOF);
 5. read the relay's end from qemu-ga (which keeps it until asked) and unplug the port.
@@ -36,9 +36,9 @@ from typing import Any
 from isobox import attach
 from isobox.attach import Frame
 from isobox.errors import Conflict, RuntimeFailure
-from isobox.runtimes.vm import agent, ptyproto
-from isobox.runtimes.vm.ptyproto import GuestFrame
+from isobox.runtimes.vm import agent, relay
 from isobox.runtimes.vm.qemu import SERIAL_BUS
+from isobox.runtimes.vm.relay import GuestFrame
 
 QMP_TIMEOUT = 6.0  # plugging; the daemon waits 10 s for our status (a snapshot may hold QMP)
 UNPLUG_TIMEOUT = 3.0
@@ -164,7 +164,7 @@ class Session:
         self.run_dir = run_dir
         self.client = client
         self.sock = _connect(port_path)
-        self.decoder = ptyproto.GuestDecoder()
+        self.decoder = relay.GuestDecoder()
         self.early: list[tuple[GuestFrame, bytes]] = []  # what came with READY
 
     def await_ready(self, pid: int) -> None:
@@ -185,7 +185,7 @@ class Session:
                 raise SessionError("the VM stopped")
             frames = list(self.decoder.feed(data))
             if frames and frames[0][0] == GuestFrame.READY:
-                if ptyproto.number(frames[0][1]) != pid:  # the port is this session's alone
+                if relay.number(frames[0][1]) != pid:  # the port is this session's alone
                     raise SessionError(f"a stranger on the session's port: {frames[0][1]!r}")
                 self.early = frames[1:]
                 self.sock.settimeout(None)
@@ -223,7 +223,7 @@ class Session:
                         except ValueError:
                             return None
                         for frame, payload in frames:
-                            to_port += ptyproto.to_guest(frame, payload)
+                            to_port += relay.to_guest(frame, payload)
                         continue
                     if events & selectors.EVENT_WRITE and to_port:
                         try:
@@ -252,10 +252,10 @@ class Session:
             return b""
 
     def _from_guest(self, kind: GuestFrame, payload: bytes) -> dict[str, Any] | None:
-        if kind == GuestFrame.STDOUT and payload:
-            self.client.sendall(ptyproto.stdout_frame(payload))
+        if kind in (GuestFrame.STDOUT, GuestFrame.STDERR) and payload:
+            self.client.sendall(relay.output_frame(kind, payload))
         elif kind == GuestFrame.EXIT:
-            code = ptyproto.number(payload)
+            code = relay.number(payload)
             return {"exit_code": 255 if code is None else code, "oom_killed": False, "error": None}
         return None
 
@@ -273,7 +273,7 @@ def reap(run_dir: Path, pid: int) -> None:
 
 def main(run_dir: Path, req_path: Path, status_fd: int) -> None:
     req = agent.read_request(req_path)
-    port = ptyproto.EXEC_PORT_PREFIX + secrets.token_hex(4)
+    port = relay.EXEC_PORT_PREFIX + secrets.token_hex(4)
     try:
         port_path = plug_port(run_dir, port)
     except Conflict as exc:

@@ -15,15 +15,15 @@ from pathlib import Path
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 TB_SIZE_MIB = 64  # caps TCG's translation cache (the default grows to 1 GiB)
-PORTS = ("stdin", "stdout", "stderr", "exit", "signal")
-PTY_PORT = "pty"  # run -t only: the workload's pty relay (ptyproto.py)
+# Every port costs the guest ~90 ms of boot under TCG, so there are two: the workload's relay
+# (stdio, signals, exit code in one framed stream: relay.py) and the guest agent's.  exec -t's
+# are hot-plugged per session (ptyexec.py) into this bus; port 0 is reserved (a virtconsole's).
+IO_PORT = "io"
 AGENT_PORT = "org.qemu.guest_agent.0"
-# Every port costs the guest's boot time, so exec -t's are hot-plugged per session (ptyexec.py)
-# into this bus.  Port 0 is reserved (a virtconsole's): up to 7 at boot, 8 free for sessions.
 SERIAL_BUS = "vser.0"
-MAX_PORTS = 16
+MAX_PORTS = 12
 # Every socket QEMU or the monitor makes in the run dir ("tty": `isobox console`'s listener).
-SOCKETS = ("attach", "tty", "console", *PORTS, PTY_PORT, "qga", "qmp")
+SOCKETS = ("attach", "tty", "console", IO_PORT, "qga", "qmp")
 # panic=-1 + -no-reboot: a panic ends QEMU at once, and the monitor reports the console's tail.
 KERNEL_ARGS = ("console=ttyS0", "quiet", "panic=-1", "reboot=t", "tsc=reliable", "8250.nr_uarts=1")
 
@@ -42,7 +42,6 @@ class VmConfig:
     name: str = "isobox"
     extra_kernel_args: list[str] = field(default_factory=list)
     volumes: int = 0  # virtio-fs shares, served by the monitor's virtiofsd processes (fs<N>.sock)
-    pty: bool = False  # run -t: the workload's pty relay port
     nic: tuple[str, str] | None = None  # (tap device, guest MAC) on an isobox network
 
     def socket(self, name: str) -> Path:
@@ -89,7 +88,7 @@ def console(cfg: VmConfig) -> list[str]:
 
 
 def serial_ports(cfg: VmConfig) -> list[str]:
-    names = (*PORTS, *((PTY_PORT,) if cfg.pty else ()), "qga")
+    names = (IO_PORT, "qga")
     out = ["-device", f"virtio-serial-device,id={SERIAL_BUS.split('.')[0]},max_ports={MAX_PORTS}"]
     for name in names:
         port = AGENT_PORT if name == "qga" else name

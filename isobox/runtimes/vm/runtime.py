@@ -31,7 +31,7 @@ from isobox.runtimes.base import ExecRequest, Launched
 from isobox.runtimes.container.monitor import ExitStatus, read_exit_file
 from isobox.runtimes.container.process import resolve_identity
 from isobox.runtimes.vm import accel as accels
-from isobox.runtimes.vm import guest, ptyproto, qemu, specdisk
+from isobox.runtimes.vm import guest, qemu, specdisk
 from isobox.runtimes.vm.monitor import VIRTIOFSD, MonitorConfig, read_line, unmount_under
 from isobox.spec import WorkloadSpec
 from isobox.state import ContainerRecord
@@ -151,8 +151,7 @@ class VmRuntime:
         net = None if network is None else specdisk.GuestNetwork(
             f"{network.address}/{network.prefixlen}", network.gateway,
             list(dict.fromkeys([spec.hostname or rec.id[:12], rec.name])))
-        pty = ptyproto.WORKLOAD_PORT if spec.tty else None
-        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net, pty)
+        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net, spec.tty)
         spec_disk.write_bytes(specdisk.disk_image(script))
         extra = []
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
@@ -160,13 +159,13 @@ class VmRuntime:
         cfg = qemu.VmConfig(run_dir=rdir, kernel=boot.kernel, initramfs=boot.initramfs, root_disk=overlay,
                             spec_disk=spec_disk, accel=chosen.name, memory_mib=memory_mib(spec),
                             cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}", extra_kernel_args=extra,
-                            volumes=len(spec.mounts), pty=spec.tty,
+                            volumes=len(spec.mounts),
                             nic=None if network is None else (network.lease.link, network.lease.mac))
         argv = qemu.qemu_cmdline(cfg)
         mcfg = MonitorConfig(argv=argv, run_dir=str(rdir), log_path=str(ddir / "ctr.log"),
                              console_log=str(ddir / "console.log"), exit_path=str(exit_path(rec.id)),
                              wait_attach=attach, boot_timeout=BOOT_TIMEOUT[chosen.name],
-                             volumes=[(m.source, m.readonly) for m in spec.mounts], pty=spec.tty)
+                             volumes=[(m.source, m.readonly) for m in spec.mounts])
         mcfg.save(rdir / "monitor.json")
         try:
             launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20)
@@ -202,7 +201,7 @@ class VmRuntime:
         os.set_inheritable(status_w, True)
         with open(rdir / "monitor.err", "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "isobox.runtimes.vm.monitor", str(rdir / "monitor.json"), str(status_w)],
+                [sys.executable, "-m", "isobox.runtimes.vm.vmstart", str(rdir / "monitor.json"), str(status_w)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(status_w,),
                 start_new_session=True, close_fds=True)
         os.close(status_w)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from isobox.runtimes.vm.qemu import IO_PORT  # the workload's relay: stdio, signals, exit code
+
 ROOT = "/newroot"
 RUN_HELPER = "/bin/isobox-run"
 
@@ -23,13 +25,20 @@ class GuestProcess:
     groups: list[int] = field(default_factory=list)
 
 
-def helper_argv(proc: GuestProcess, pty: str | None = None) -> list[str]:
+def helper_argv(proc: GuestProcess, relay: str | None = None, *, pty: bool = False, stdin: bool = False,
+                sync: bool = False) -> list[str]:
     """``isobox-run`` (guestrun.c) with its arguments: the same for the workload and for exec.
-    ``pty``: the virtio-serial port of a pty relay (``run -t``/``exec -t``, see ptyproto.py)."""
+    ``relay``: the virtio-serial port of the relay of its stdio (see relay.py), a pty with ``pty``
+    (``run -t``/``exec -t``), else pipes; ``stdin``: the relay feeds a stdin pipe (``-i``), else
+    /dev/null; ``sync``: it flushes the guest's disks before it reports the exit (the workload's:
+    the host ends the VM on that report)."""
     env = [f"{k}={v}" for k, v in proc.env.items()]
     groups = ",".join(str(g) for g in proc.groups) or "-"
-    relay = ["--pty", pty] if pty else []
-    return [RUN_HELPER, *relay, ROOT, str(proc.uid), str(proc.gid), groups, proc.workdir, str(len(env)), *env,
+    opts = []
+    if relay:
+        opts = ["--pty", relay] if pty else ["--relay", relay, *(["--stdin"] if stdin else [])]
+        opts += ["--sync"] if sync else []
+    return [RUN_HELPER, *opts, ROOT, str(proc.uid), str(proc.gid), groups, proc.workdir, str(len(env)), *env,
             "--", *proc.argv]
 
 
@@ -42,13 +51,10 @@ class GuestNetwork:
 
 def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
                 volumes: list[tuple[str, bool]] | None = None, net: GuestNetwork | None = None,
-                pty: str | None = None) -> str:
+                pty: bool = False) -> str:
     """``volumes``: (target, readonly) in order; volume i has the virtio-fs tag ``vol<i>``.
-    ``pty``: the workload runs on a pty behind a relay on that port (its stdin comes from there)."""
-    lines = [
-        f"ISOBOX_HOSTNAME={shlex.quote(hostname)}",
-        f"ISOBOX_STDIN={1 if stdin and not pty else 0}",
-    ]
+    The workload runs behind the relay on the ``io`` port, on a pty with ``pty``."""
+    lines = [f"ISOBOX_HOSTNAME={shlex.quote(hostname)}"]
     if net is not None:
         lines += [f"ISOBOX_NET_ADDR={shlex.quote(net.address)}", f"ISOBOX_NET_GW={shlex.quote(net.gateway)}",
                   f"ISOBOX_NET_NAMES={shlex.quote(' '.join(net.names))}"]
@@ -58,10 +64,8 @@ def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
         lines += [f"    mount_volume vol{i} {shlex.quote(target)} {'ro' if ro else 'rw'}"
                   for i, (target, ro) in enumerate(volumes)]
         lines.append("}")
-    lines += [
-        "set -- " + " ".join(shlex.quote(a) for a in helper_argv(proc, pty)),
-        "#END",
-    ]
+    argv = helper_argv(proc, IO_PORT, pty=pty, stdin=stdin, sync=True)
+    lines += ["set -- " + " ".join(shlex.quote(a) for a in argv), "#END"]
     return "\n".join(lines) + "\n"
 
 

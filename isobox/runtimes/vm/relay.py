@@ -1,14 +1,16 @@
-"""The guest's pty relay (``isobox-run --pty``, ``guestrun.c``) as the host sees it.
+"""The guest's stdio relay (``isobox-run --relay``/``--pty``, ``guestrun.c``) as the host sees it.
 
-``run -t`` and ``exec -t`` in a microVM give the workload a pty allocated in the guest; the
-relay beside it speaks isobox's attach framing (``attach.HEADER``) over a virtio-serial port:
+A microVM's workload, and every ``exec -t`` session, runs behind a relay in the guest that
+speaks isobox's attach framing (``attach.HEADER``) over one virtio-serial port:
 
     host -> guest  STDIN bytes, STDIN_EOF, RESIZE "ROWS COLS", SIGNAL "N"
-    guest -> host  READY "PID" (first), STDOUT bytes, EXIT "CODE" (last)
+    guest -> host  READY "PID" (first), STDOUT/STDERR bytes, EXIT "CODE" (last)
 
-The client's RESIZE is JSON; the relay is a small static C program, so the host translates it
-into two numbers rather than teach the C side JSON.  Ports: ``pty`` for a ``run -t`` workload
-(the monitor's end), one hot-plugged per ``exec -t`` session (``ptyexec.py``'s).
+With ``--pty`` the workload has a pty allocated in the guest (one output stream, RESIZE
+applies); with ``--relay`` pipes (stdout and stderr apart).  The client's RESIZE is JSON; the
+relay is a small static C program, so the host translates it into two numbers rather than teach
+the C side JSON.  Ports: ``io`` for the workload (the monitor's end), one hot-plugged per
+``exec -t`` session (``ptyexec.py``'s).
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import signal
 from enum import IntEnum
 
 from isobox.attach import HEADER, Frame, FrameDecoder, encode
-from isobox.runtimes.vm.qemu import PTY_PORT
+from isobox.runtimes.vm.qemu import IO_PORT
 
-WORKLOAD_PORT = PTY_PORT
+WORKLOAD_PORT = IO_PORT
 EXEC_PORT_PREFIX = "ptyx-"  # + hex: an exec -t session's chardev id, device id, port and socket name
 
 
 class GuestFrame(IntEnum):
     STDIN = 0
     STDOUT = 1
+    STDERR = 2
     EXIT = 3
     RESIZE = 5
     SIGNAL = 6
@@ -66,7 +69,7 @@ class GuestDecoder(FrameDecoder[GuestFrame]):
     """The relay's frames (attach.Decoder knows only the client's types)."""
 
     def __init__(self) -> None:
-        super().__init__(GuestFrame, "the guest's pty relay")
+        super().__init__(GuestFrame, "the guest's relay")
 
 
 def number(payload: bytes) -> int | None:
@@ -77,6 +80,6 @@ def number(payload: bytes) -> int | None:
         return None
 
 
-def stdout_frame(payload: bytes) -> bytes:
-    """The relay's output as a client's STDOUT frame (a terminal has one stream)."""
-    return encode(Frame.STDOUT, payload)
+def output_frame(kind: GuestFrame, payload: bytes) -> bytes:
+    """The relay's STDOUT/STDERR as a client's frame of the same stream."""
+    return encode(Frame.STDERR if kind == GuestFrame.STDERR else Frame.STDOUT, payload)

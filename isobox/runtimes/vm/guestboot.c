@@ -1,0 +1,212 @@
+/* The first stage of the guest's /init (PID 1), linked into isobox-run and entered as /init.
+ *
+ * What it does was ~30 fork+execs of busybox in the init script; under TCG each costs 10-20 ms of
+ * guest CPU, and the device wait forked a subshell and a `cat` per disk per poll.  Here it is one
+ * process: mount /proc, /sys and /dev; load the virtio modules (finit_module, in guestinit's
+ * order); wait for the root and spec disks (found by virtio serial) and the ports (linked as
+ * /dev/port-NAME); copy the spec script up to its "#END" line to /spec.sh; mount the image's
+ * root disk at /newroot with its /proc, /sys, /dev, /dev/pts and /dev/shm; bring up lo.  Then it
+ * execs the script stage (/init.sh, guestinit.py) with ROOT and SPEC in its environment.
+ *
+ * A failure is reported as the script reports it: an "isobox-init: error: ..." line on the
+ * console, which the host takes for the run's error; then the VM powers off.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MODULE_DIR "/lib/modules/"
+#define DEVICE_PATIENCE_S 10 /* the script waited 2000 polls of >= 5 ms */
+#define POLL_NS 2000000L
+
+/* Load order matters: no modules.dep in the initramfs (guest.MODULES lists the same). */
+static const char *const boot_modules[] = { "virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console" };
+
+static void say(const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    int fd = open("/dev/console", O_WRONLY | O_NOCTTY);
+    if (fd >= 0) {
+        (void)!write(fd, "isobox-init: ", 13);
+        (void)!write(fd, line, (size_t)n);
+        close(fd);
+    }
+}
+
+static void __attribute__((noreturn)) fail(const char *what) {
+    say("error: %s", what);
+    sync();
+    reboot(RB_POWER_OFF);
+    for (;;) pause();
+}
+
+static void load_modules(void) {
+    char path[128];
+    for (size_t i = 0; i < sizeof boot_modules / sizeof boot_modules[0]; i++) {
+        snprintf(path, sizeof path, MODULE_DIR "%s.ko", boot_modules[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue; /* built into this kernel */
+        if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST) say("cannot load %s: %s", path, strerror(errno));
+        close(fd);
+    }
+}
+
+/* The first line of a small sysfs attribute, without its newline; "" when unreadable. */
+static void read_attr(const char *path, char *out, size_t size) {
+    out[0] = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, out, size - 1);
+    close(fd);
+    if (n < 0) n = 0;
+    out[n] = 0;
+    out[strcspn(out, "\n")] = 0;
+}
+
+struct found { char root[300], spec[300]; };
+
+static void scan_disks(struct found *f) {
+    DIR *d = opendir("/sys/block");
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, "vd", 2) != 0) continue;
+        char path[300], serial[64];
+        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+        read_attr(path, serial, sizeof serial);
+        char *slot = strcmp(serial, "isobox-root") == 0 ? f->root : strcmp(serial, "isobox-spec") == 0 ? f->spec : NULL;
+        if (slot) snprintf(slot, sizeof f->root, "/dev/%s", e->d_name);
+    }
+    closedir(d);
+}
+
+/* /dev/port-NAME -> /dev/vportXpY for every named port whose node exists (udev's by-name job). */
+static void link_ports(void) {
+    DIR *d = opendir("/sys/class/virtio-ports");
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        char path[300], name[128], node[300], link[300];
+        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+        read_attr(path, name, sizeof name);
+        snprintf(node, sizeof node, "/dev/%s", e->d_name);
+        snprintf(link, sizeof link, "/dev/port-%s", name);
+        if (name[0] && access(node, F_OK) == 0) (void)!symlink(node, link);
+    }
+    closedir(d);
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Until the disks and the io and agent ports are there (qemu.py's): the agent's port is the
+ * last on QEMU's command line, so once it is linked the io port is too. */
+static void wait_for_devices(struct found *f) {
+    double deadline = now() + DEVICE_PATIENCE_S;
+    for (;;) {
+        if (!f->root[0] || !f->spec[0]) scan_disks(f);
+        link_ports();
+        if (f->root[0] && f->spec[0] && access("/dev/port-io", F_OK) == 0
+            && access("/dev/port-org.qemu.guest_agent.0", F_OK) == 0) return;
+        if (now() > deadline) fail("devices did not appear");
+        struct timespec pause_ts = { 0, POLL_NS };
+        nanosleep(&pause_ts, NULL);
+    }
+}
+
+/* The spec disk holds a sh script ending in a "#END" line, then zeroes to the block size.  The
+ * script is what precedes the first NUL (argv and env cannot hold one), so a value that happens
+ * to contain a "#END" line cannot cut it short. */
+static void copy_spec(const char *dev) {
+    static char buf[1 << 20];
+    int in = open(dev, O_RDONLY | O_CLOEXEC);
+    if (in < 0) fail("cannot open the spec disk");
+    size_t len = 0;
+    while (len < sizeof buf && !memchr(buf, 0, len)) {
+        ssize_t n = read(in, buf + len, sizeof buf - len);
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    close(in);
+    char *nul = memchr(buf, 0, len);
+    size_t keep = nul ? (size_t)(nul - buf) : len;
+    if (keep < 6 || memcmp(buf + keep - 6, "\n#END\n", 6) != 0) fail("the spec disk holds no complete script");
+    int out = open("/spec.sh", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (out < 0 || write(out, buf, keep) != (ssize_t)keep) fail("cannot write /spec.sh");
+    close(out);
+}
+
+static void must_mount(const char *src, const char *target, const char *type, unsigned long flags, const char *data) {
+    if (mount(src, target, type, flags, data) < 0) {
+        char what[256];
+        snprintf(what, sizeof what, "cannot mount %s on %s: %s", type, target, strerror(errno));
+        fail(what);
+    }
+}
+
+static void mount_newroot(const char *root) {
+    if (mount(root, "/newroot", "ext4", 0, NULL) < 0) fail("cannot mount the root disk");
+    static const char *const dirs[] = { "/newroot/proc", "/newroot/sys", "/newroot/dev", "/newroot/tmp" };
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) mkdir(dirs[i], 0755);
+    must_mount("proc", "/newroot/proc", "proc", 0, NULL);
+    must_mount("sys", "/newroot/sys", "sysfs", 0, NULL);
+    must_mount("dev", "/newroot/dev", "devtmpfs", 0, NULL);
+    mkdir("/newroot/dev/pts", 0755);
+    mkdir("/newroot/dev/shm", 0755);
+    must_mount("devpts", "/newroot/dev/pts", "devpts", 0, "newinstance,ptmxmode=0666");
+    must_mount("shm", "/newroot/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, NULL);
+}
+
+static void loopback_up(void) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        (void)ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    close(s);
+}
+
+int boot_main(void) {
+    must_mount("proc", "/proc", "proc", 0, NULL);
+    must_mount("sys", "/sys", "sysfs", 0, NULL);
+    must_mount("dev", "/dev", "devtmpfs", 0, NULL);
+    load_modules();
+    struct found f = { "", "" };
+    wait_for_devices(&f);
+    copy_spec(f.spec);
+    mount_newroot(f.root);
+    loopback_up();
+    mkdir("/run/qga", 0755); /* the guest agent's state directory */
+    char env_root[320], env_spec[320];
+    snprintf(env_root, sizeof env_root, "ROOT=%s", f.root);
+    snprintf(env_spec, sizeof env_spec, "SPEC=%s", f.spec);
+    char *const argv[] = { "sh", "/init.sh", NULL };
+    char *const envp[] = { "PATH=/bin:/sbin", "HOME=/", "TERM=linux", env_root, env_spec, NULL };
+    execve("/bin/sh", argv, envp);
+    fail("cannot run /init.sh");
+}
