@@ -42,6 +42,22 @@ def test_cmdline_is_a_sandboxed_microvm_without_legacy_devices(tmp_path: Path) -
     assert f"unix:{tmp_path}/qmp.sock,server=on,wait=off" in joined
 
 
+def test_a_spec_without_network_or_volumes_carries_a_direct_start() -> None:
+    """guestboot.c starts such a workload itself: hostname, count and argv after the script's NUL."""
+    proc = specdisk.GuestProcess(argv=["sh", "-c", ""], env={"X": "a b"}, workdir="/", uid=0, gid=0)
+    script = specdisk.spec_script(proc, "web", stdin=False)
+    argv = specdisk.workload_argv(proc, pty=False, stdin=False)
+    image = specdisk.disk_image(script, ("web", argv))
+    assert len(image) % 4096 == 0
+    head, rest = image.split(b"\0", 1)
+    assert head.decode() == script  # the script stage still has everything
+    fields = rest.split(b"\0")
+    assert fields[:3] == [b"isobox-direct", b"web", str(len(argv)).encode()]
+    assert [f.decode() for f in fields[3:3 + len(argv)]] == argv and argv[-1] == ""  # an empty arg survives
+    assert set(b"".join(fields[3 + len(argv):])) == set()  # then only the padding
+    assert specdisk.disk_image(script).rstrip(b"\0") == script.encode()  # network or volumes: the script
+
+
 def test_kvm_uses_the_host_cpu(tmp_path: Path) -> None:
     argv = qemu.qemu_cmdline(_cfg(tmp_path, "kvm"))
     assert argv[argv.index("-accel") + 1] == "kvm" and argv[argv.index("-cpu") + 1] == "host"

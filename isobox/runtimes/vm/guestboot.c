@@ -6,7 +6,9 @@
  * order); wait for the root and spec disks (found by virtio serial) and the ports (linked as
  * /dev/port-NAME); copy the spec script up to its "#END" line to /spec.sh; mount the image's
  * root disk at /newroot with its /proc, /sys, /dev, /dev/pts and /dev/shm; bring up lo.  Then it
- * execs the script stage (/init.sh, guestinit.py) with ROOT and SPEC in its environment.
+ * execs the script stage (/init.sh, guestinit.py) with ROOT and SPEC in its environment — or,
+ * for a spec without network and volumes, does the script's remaining steps itself
+ * (start_direct), which spares the exec of a shell and its forks.
  *
  * A failure is reported as the script reports it: an "isobox-init: error: ..." line on the
  * console, which the host takes for the run's error; then the VM powers off.
@@ -18,13 +20,16 @@
 #include <net/if.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -135,15 +140,44 @@ static void wait_for_devices(struct found *f) {
     }
 }
 
+/* The direct start (see parse_direct); argv points into copy_spec's buffer. */
+struct direct { const char *hostname; int argc; char *argv[4096]; };
+
+/* After the script's NUL the spec disk may hold "isobox-direct\0HOSTNAME\0ARGC\0ARG...\0": the
+ * workload's relay command line, for a spec the script stage has nothing more to do for (no
+ * network, no volumes).  Anything that does not parse exactly leaves the script to do it all. */
+static int parse_direct(char *p, const char *end, struct direct *d) {
+    char *field[3];
+    for (int i = 0; i < 3; i++) {
+        char *nul = memchr(p, 0, (size_t)(end - p));
+        if (!nul) return 0;
+        field[i] = p;
+        p = nul + 1;
+    }
+    char *stop;
+    long argc = strtol(field[2], &stop, 10);
+    if (strcmp(field[0], "isobox-direct") != 0 || *stop || argc < 1 || argc >= 4096) return 0;
+    for (long i = 0; i < argc; i++) {
+        char *nul = memchr(p, 0, (size_t)(end - p));
+        if (!nul) return 0;
+        d->argv[i] = p;
+        p = nul + 1;
+    }
+    d->argv[argc] = NULL;
+    d->argc = (int)argc;
+    d->hostname = field[1];
+    return 1;
+}
+
 /* The spec disk holds a sh script ending in a "#END" line, then zeroes to the block size.  The
  * script is what precedes the first NUL (argv and env cannot hold one), so a value that happens
- * to contain a "#END" line cannot cut it short. */
-static void copy_spec(const char *dev) {
+ * to contain a "#END" line cannot cut it short.  Returns whether a direct start follows it. */
+static int copy_spec(const char *dev, struct direct *d) {
     static char buf[1 << 20];
     int in = open(dev, O_RDONLY | O_CLOEXEC);
     if (in < 0) fail("cannot open the spec disk");
     size_t len = 0;
-    while (len < sizeof buf && !memchr(buf, 0, len)) {
+    while (len < sizeof buf) {
         ssize_t n = read(in, buf + len, sizeof buf - len);
         if (n <= 0) break;
         len += (size_t)n;
@@ -155,6 +189,7 @@ static void copy_spec(const char *dev) {
     int out = open("/spec.sh", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0 || write(out, buf, keep) != (ssize_t)keep) fail("cannot write /spec.sh");
     close(out);
+    return nul && parse_direct(nul + 1, buf + len, d);
 }
 
 static void must_mount(const char *src, const char *target, const char *type, unsigned long flags, const char *data) {
@@ -191,6 +226,48 @@ static void loopback_up(void) {
     close(s);
 }
 
+static char *const boot_env[] = { "PATH=/bin:/sbin", "HOME=/", "TERM=linux", NULL };
+
+/* A child of the init with its stdio on the console (stdin from /dev/null unless ``console_in``). */
+static pid_t spawn(char *const argv[], int niceness, int console_in) {
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    int con = open("/dev/console", O_RDWR | O_NOCTTY);
+    int in = console_in ? con : open("/dev/null", O_RDONLY);
+    if (con < 0 || in < 0) _exit(125);
+    dup2(in, 0);
+    dup2(con, 1);
+    dup2(con, 2);
+    setpriority(PRIO_PROCESS, 0, niceness);
+    execve(argv[0], argv, boot_env);
+    _exit(127);
+}
+
+/* What /init.sh does for a spec without network and volumes, without its shell: the hostname,
+ * the workload behind its relay, then (at nice 19, off the workload's critical path) the guest
+ * agent and the console's root shell; power off when the relay is done. */
+static void __attribute__((noreturn)) start_direct(const struct direct *d) {
+    if (sethostname(d->hostname, strlen(d->hostname)) < 0) fail("cannot set the hostname");
+    say("workload");
+    pid_t relay = spawn(d->argv, 0, 0);
+    if (relay < 0) fail("cannot start the workload");
+    if (access("/usr/sbin/qemu-ga", X_OK) == 0) {
+        char *const agent[] = { "/usr/sbin/qemu-ga", "-m", "virtio-serial", "-p", "/dev/port-org.qemu.guest_agent.0",
+                                "-t", "/run/qga", NULL };
+        spawn(agent, 19, 0);
+    }
+    char *const shell[] = { "/bin/setsid", "cttyhack", "sh", "-c", "renice 0 -p $$ >/dev/null; while :; do sh; done", NULL };
+    spawn(shell, 19, 1);
+    for (;;) { /* PID 1 reaps every orphan meanwhile */
+        int status;
+        pid_t done = waitpid(-1, &status, 0);
+        if (done == relay || (done < 0 && errno == ECHILD)) break;
+    }
+    sync();
+    reboot(RB_POWER_OFF);
+    for (;;) pause();
+}
+
 int boot_main(void) {
     must_mount("proc", "/proc", "proc", 0, NULL);
     must_mount("sys", "/sys", "sysfs", 0, NULL);
@@ -198,10 +275,12 @@ int boot_main(void) {
     load_modules();
     struct found f = { "", "" };
     wait_for_devices(&f);
-    copy_spec(f.spec);
+    static struct direct d;
+    int direct = copy_spec(f.spec, &d);
     mount_newroot(f.root);
     loopback_up();
     mkdir("/run/qga", 0755); /* the guest agent's state directory */
+    if (direct) start_direct(&d);
     char env_root[320], env_spec[320];
     snprintf(env_root, sizeof env_root, "ROOT=%s", f.root);
     snprintf(env_spec, sizeof env_spec, "SPEC=%s", f.spec);

@@ -151,8 +151,10 @@ class VmRuntime:
         net = None if network is None else specdisk.GuestNetwork(
             f"{network.address}/{network.prefixlen}", network.gateway,
             list(dict.fromkeys([spec.hostname or rec.id[:12], rec.name])))
-        script = specdisk.spec_script(proc, spec.hostname or rec.id[:12], spec.interactive, volumes, net, spec.tty)
-        spec_disk.write_bytes(specdisk.disk_image(script))
+        hostname = spec.hostname or rec.id[:12]
+        script = specdisk.spec_script(proc, hostname, spec.interactive, volumes, net, spec.tty)
+        direct = None if volumes or net else (hostname, specdisk.workload_argv(proc, spec.tty, spec.interactive))
+        spec_disk.write_bytes(specdisk.disk_image(script, direct))
         extra = []
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
             extra.append(f"tsc_early_khz={khz}")

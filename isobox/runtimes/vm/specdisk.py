@@ -64,11 +64,22 @@ def spec_script(proc: GuestProcess, hostname: str, stdin: bool,
         lines += [f"    mount_volume vol{i} {shlex.quote(target)} {'ro' if ro else 'rw'}"
                   for i, (target, ro) in enumerate(volumes)]
         lines.append("}")
-    argv = helper_argv(proc, IO_PORT, pty=pty, stdin=stdin, sync=True)
-    lines += ["set -- " + " ".join(shlex.quote(a) for a in argv), "#END"]
+    lines += ["set -- " + " ".join(shlex.quote(a) for a in workload_argv(proc, pty, stdin)), "#END"]
     return "\n".join(lines) + "\n"
 
 
-def disk_image(script: str) -> bytes:
+def workload_argv(proc: GuestProcess, pty: bool, stdin: bool) -> list[str]:
+    """The workload behind the relay on the io port; it syncs before it reports the exit."""
+    return helper_argv(proc, IO_PORT, pty=pty, stdin=stdin, sync=True)
+
+
+def disk_image(script: str, direct: tuple[str, list[str]] | None = None) -> bytes:
+    """The script, then, for a spec the script stage has nothing more to do for (no network, no
+    volumes), ``direct`` = (hostname, workload argv) NUL-separated after it: the init's first
+    stage (guestboot.c) then starts the workload itself, without a shell."""
     data = script.encode()
+    if direct is not None:
+        hostname, argv = direct
+        fields = [b"isobox-direct", hostname.encode(), b"%d" % len(argv), *(a.encode() for a in argv)]
+        data += b"\0" + b"\0".join(fields) + b"\0"
     return data + b"\0" * (-len(data) % 4096 or 4096)
