@@ -98,6 +98,24 @@ def test_vm_kill_and_force_remove(isobox: Isobox) -> None:
     assert_vm_gone(isobox, cid)
 
 
+def test_vm_disk_keeps_what_the_workload_wrote_before_its_exit(isobox: Isobox) -> None:
+    """The monitor stops QEMU the moment the relay reports the exit: the relay syncs first (not for
+    --rm), so a second start of the same VM finds what the first one wrote just before exiting."""
+    script = "cat /keep 2>/dev/null; echo run >> /keep; exit 7"
+    first = isobox.cli("run", "--name", "vmkeep", "--isolation", "vm", "busybox", "sh", "-c", script, timeout=300)
+    cid = inspect(isobox, "vmkeep")["Id"]
+    try:
+        assert first.returncode == 7, first.stderr
+        assert first.stdout == ""
+        second = isobox.cli("start", "-a", "vmkeep", timeout=300)
+        assert second.returncode == 7, second.stderr
+        assert second.stdout.splitlines() == ["run"]
+        assert inspect(isobox, "vmkeep")["State"]["ExitCode"] == 7
+    finally:
+        isobox.cli("rm", "-f", "vmkeep")
+    assert_vm_gone(isobox, cid)
+
+
 def test_vm_survives_a_daemon_kill(own_daemon: Isobox) -> None:
     """The monitor, not the daemon, owns QEMU: a restarted daemon re-adopts the running VM."""
     import os

@@ -178,6 +178,8 @@ def test_the_workload_runs_behind_the_relay(tmp_path: Path) -> None:
     # -i: a stdin pipe the relay feeds; else /dev/null
     assert "set -- /bin/isobox-run --relay io --stdin --sync /newroot" in specdisk.spec_script(proc, "h", stdin=True)
     assert "set -- /bin/isobox-run --relay io --sync /newroot" in specdisk.spec_script(proc, "h", stdin=False)
+    # --rm: its disk is deleted next, so no sync before the exit report
+    assert "set -- /bin/isobox-run --relay io /newroot" in specdisk.spec_script(proc, "h", stdin=False, sync=False)
 
 
 def test_client_frames_become_the_relays() -> None:

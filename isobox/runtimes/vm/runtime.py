@@ -152,8 +152,9 @@ class VmRuntime:
             f"{network.address}/{network.prefixlen}", network.gateway,
             list(dict.fromkeys([spec.hostname or rec.id[:12], rec.name])))
         hostname = spec.hostname or rec.id[:12]
-        script = specdisk.spec_script(proc, hostname, spec.interactive, volumes, net, spec.tty)
-        direct = None if volumes or net else (hostname, specdisk.workload_argv(proc, spec.tty, spec.interactive))
+        sync = not spec.auto_remove
+        script = specdisk.spec_script(proc, hostname, spec.interactive, volumes, net, spec.tty, sync)
+        direct = None if volumes or net else (hostname, specdisk.workload_argv(proc, spec.tty, spec.interactive, sync))
         spec_disk.write_bytes(specdisk.disk_image(script, direct))
         extra = []
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
