@@ -143,8 +143,12 @@ def _connect(path: str, qemu: subprocess.Popen[bytes], deadline: float) -> socke
             return sock
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            if qemu.poll() is not None or time.monotonic() > deadline:
-                raise BootFailure("QEMU did not start") from None
+            # A QEMU that refuses its command line or a device (a missing firmware file) ends
+            # before or after it made its sockets: the same failure either way.
+            if qemu.poll() is not None:
+                raise BootFailure("QEMU stopped while building the machine") from None
+            if time.monotonic() > deadline:
+                raise BootFailure("QEMU did not open its sockets in time") from None
             time.sleep(0.005)
 
 
