@@ -228,7 +228,10 @@ static void loopback_up(void) {
 
 static char *const boot_env[] = { "PATH=/bin:/sbin", "HOME=/", "TERM=linux", NULL };
 
-/* A child of the init with its stdio on the console (stdin from /dev/null unless ``console_in``). */
+int run_main(int argc, char **argv); /* guestrun.c */
+
+/* A child of the init with its stdio on the console (stdin from /dev/null unless ``console_in``);
+ * isobox-run itself (the workload's relay) runs in the fork without an exec. */
 static pid_t spawn(char *const argv[], int niceness, int console_in) {
     pid_t pid = fork();
     if (pid != 0) return pid;
@@ -239,6 +242,11 @@ static pid_t spawn(char *const argv[], int niceness, int console_in) {
     dup2(con, 1);
     dup2(con, 2);
     setpriority(PRIO_PROCESS, 0, niceness);
+    if (strcmp(argv[0], "/bin/isobox-run") == 0) {
+        int argc = 0;
+        while (argv[argc]) argc++;
+        _exit(run_main(argc, (char **)argv));
+    }
     execve(argv[0], argv, boot_env);
     _exit(127);
 }
@@ -251,6 +259,8 @@ static void __attribute__((noreturn)) start_direct(const struct direct *d) {
     say("workload");
     pid_t relay = spawn(d->argv, 0, 0);
     if (relay < 0) fail("cannot start the workload");
+    /* From here on the init only starts helpers and reaps: its forks yield to the relay's. */
+    setpriority(PRIO_PROCESS, 0, 19);
     if (access("/usr/sbin/qemu-ga", X_OK) == 0) {
         char *const agent[] = { "/usr/sbin/qemu-ga", "-m", "virtio-serial", "-p", "/dev/port-org.qemu.guest_agent.0",
                                 "-t", "/run/qga", NULL };
