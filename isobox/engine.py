@@ -617,7 +617,9 @@ class Engine:
             for name in in_use:
                 self.remove(name, force=True)
             in_use = []
-        return self.image_store.remove(ref, force=force, in_use_by=in_use)
+        removed = self.image_store.remove(ref, force=force, in_use_by=in_use)
+        self._collect_vm_disks()
+        return removed
 
     def build_image(self, kind: str, tag: str | None = None, include: builtins.list[str] | None = None,
                     progress: Callable[[str], None] | None = None, bootable: bool = False) -> dict[str, Any]:
@@ -660,7 +662,14 @@ class Engine:
 
     def prune_images(self, all_unused: bool = False) -> dict[str, Any]:
         in_use = {rec.image_id for rec in self.store.containers()}
-        return self.image_store.prune(all_unused=all_unused, in_use=in_use)
+        pruned = self.image_store.prune(all_unused=all_unused, in_use=in_use)
+        self._collect_vm_disks()
+        return pruned
+
+    def _collect_vm_disks(self) -> None:
+        from isobox.images import vmdisk
+
+        vmdisk.collect({image.id for image in self.image_store.list()})
 
     def load_images(self, archive: str, progress: Callable[[str], None] | None = None) -> builtins.list[dict[str, Any]]:
         from pathlib import Path

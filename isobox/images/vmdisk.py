@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -88,10 +89,49 @@ def ensure_base(image: Image) -> Path:
     return path
 
 
+def _overlay_template(base: Path, backing_format: str) -> Path:
+    """An empty overlay of ``base``, made once: a copy of it (~0.6 ms) is a new VM's root disk
+    without a run of qemu-img (~15 ms) on the way to its boot.  Named for the base (``collect``
+    removes it with it) and the base file's identity, so a rebuilt base never gets an old one."""
+    st = base.stat()
+    stamp = hashlib.sha256(f"{backing_format}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    template = disks_dir() / "overlays" / f"{base.stem}-{stamp.hexdigest()[:16]}.qcow2"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        try:
+            _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(tmp)])
+            os.rename(tmp, template)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return template
+
+
 def create_overlay(base: Path, overlay: Path, backing_format: str = "raw") -> None:
     """A qcow2 whose backing file is the base: the VM's writable root disk."""
     overlay.unlink(missing_ok=True)
-    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay)])
+    if base.parent != disks_dir():  # an imported disk (firmware boot): not worth a template
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay)])
+        return
+    shutil.copyfile(_overlay_template(base, backing_format), overlay)
+    os.chmod(overlay, 0o600)
+
+
+def collect(image_ids: set[str]) -> None:
+    """Remove the bases (and their overlay templates) of images that are gone: ``image rm``
+    and ``image prune`` leave no VM disk behind."""
+    root = disks_dir()
+    if not root.is_dir():
+        return
+    keep = {i.removeprefix("sha256:")[:32] for i in image_ids}
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for base in root.glob("*.ext4"):
+            if base.stem not in keep:
+                base.unlink(missing_ok=True)
+        for template in root.glob("overlays/*.qcow2"):
+            if template.name.split("-", 1)[0] not in keep:
+                template.unlink(missing_ok=True)
 
 
 def convert_to_qcow2(source: Path, target: Path, source_format: str = "raw") -> None:

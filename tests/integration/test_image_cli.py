@@ -114,8 +114,16 @@ def test_tag_rm_in_use_and_prune(isobox: Isobox, app: str) -> None:
     isobox.cli("rmi", "localhost/app:1", check=True)  # only untags: another tag remains
     refused = isobox.cli("image", "rm", "localhost/app:keep")
     assert refused.returncode == 125 and "in use" in refused.stderr
+    # A VM run of the image would have left its root disk base and overlay template: they go with it.
+    app_id = json.loads(isobox.cli("image", "inspect", "localhost/app:keep", check=True).stdout)[0]["Id"]
+    vm_disks = isobox.root / "vmdisks"
+    (vm_disks / "overlays").mkdir(parents=True, exist_ok=True)
+    made = [vm_disks / f"{app_id[7:39]}.ext4", vm_disks / "overlays" / f"{app_id[7:39]}-0123456789abcdef.qcow2"]
+    for path in made:
+        path.write_bytes(b"disk")
     isobox.cli("image", "rm", "-f", "localhost/app:keep", check=True)
     assert isobox.cli("ps", "-aq", check=True).stdout.strip() == ""
+    assert not any(path.exists() for path in made)
     pruned = isobox.cli("image", "prune", check=True)
     assert "Total reclaimed space" in pruned.stdout
     listed = json.loads(isobox.cli("image", "ls", "--format", "json", check=True).stdout)

@@ -186,6 +186,9 @@ def run_helper(root: Path) -> Path:
         tmp = out.with_suffix(".tmp")
         _run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", str(tmp), *map(str, RUN_HELPER_SOURCES)])
         os.rename(tmp, out)
+        for old in root.glob("isobox-run-*"):
+            if old != out:  # only initramfs builds read it: an older one has no user left
+                old.unlink(missing_ok=True)
     return out
 
 
