@@ -99,8 +99,8 @@ def firmware_boot_to_login(daemon: Daemon) -> float:
 
 def smaps_breakdown(pid: int, guest_mib: int, tb_mib: int) -> dict[str, float]:
     """RSS split into guest RAM, translation cache and the rest (MiB); the rest also as its
-    anonymous part (what each VM costs privately: not the QEMU binary, libraries or the
-    initramfs, which are page cache shared by every VM)."""
+    anonymous part (what each VM costs privately, its copies of the kernel and initramfs
+    included: not the QEMU binary and libraries, which are page cache shared by every VM)."""
     total = guest_ram = tb = anon_rest = 0
     size, kind, perms = 0, "", ""
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
@@ -143,10 +143,15 @@ def main() -> int:
 
         argv = bare_argv(shlex.split(cmdline), bare_initramfs(base, Path(info["Initramfs"])))
         isobox_times, bare_times = [], []
-        for _ in range(args.runs):
-            isobox_times.append(timed([str(Path(sys.executable).parent / "isobox"), "run", "--rm", "--network",
-                                       "none", "--isolation", "vm", "busybox", "true"], daemon.env))
-            bare_times.append(timed(argv))
+        isobox_argv = [str(Path(sys.executable).parent / "isobox"), "run", "--rm", "--network", "none",
+                       "--isolation", "vm", "busybox", "true"]
+        for round_no in range(args.runs):
+            if round_no % 2:  # alternate which goes first: neither always follows the other's exit
+                bare_times.append(timed(argv))
+                isobox_times.append(timed(isobox_argv, daemon.env))
+            else:
+                isobox_times.append(timed(isobox_argv, daemon.env))
+                bare_times.append(timed(argv))
         firmware_times: list[float] = []
         build_s = float("nan")
         if args.firmware_runs > 0:
@@ -169,8 +174,15 @@ def main() -> int:
     print(table(["QEMU memory (idle busybox VM)", "MiB"],
                 [[k, fmt(v)] for k, v in breakdown.items()]))
     print(f"\naccelerator: {accel}; tb-size cap {qemu.TB_SIZE_MIB} MiB; guest RAM {info['MemoryMiB']} MiB")
+    # Each round boots both back to back: the per-round figures cancel the machine's slow drifts
+    # (boots here vary by +-15% from one minute to the next), which the ratio of p50s does not.
+    paired = Summary.of([i / b for i, b in zip(isobox_times, bare_times, strict=True)])
+    extra = Summary.of([i - b for i, b in zip(isobox_times, bare_times, strict=True)])
+    print(f"per round: isobox/bare p50 {fmt(paired.p50, 3)} (p90 {fmt(paired.p90, 3)}); "
+          f"isobox - bare p50 {fmt(extra.p50, 2)} s (p90 {fmt(extra.p90, 2)} s)")
     print(json_line({"accel": accel, "isobox_p50_s": iso.p50, "bare_qemu_p50_s": bare.p50,
-                     "ratio": ratio(iso.p50, bare.p50), "vmm_overhead_mib": breakdown["vmm_overhead_mib"],
+                     "ratio": ratio(iso.p50, bare.p50), "ratio_paired_p50": paired.p50,
+                     "extra_p50_s": extra.p50, "vmm_overhead_mib": breakdown["vmm_overhead_mib"],
                      "tcg_cache_mib": breakdown["tcg_cache_mib"], "guest_ram_touched_mib": breakdown["guest_ram_mib"],
                      "vmm_overhead_anon_mib": breakdown["vmm_overhead_anon_mib"],
                      "qemu_rss_mib": breakdown["rss_mib"], "firmware_boot_p50_s": fw.p50,

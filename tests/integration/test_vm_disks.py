@@ -12,6 +12,7 @@ import pytest
 
 from isobox.images import vmdisk
 from isobox.images.store import Image, ImageConfig
+from isobox.runtimes.vm import guest
 from tests.conftest import require
 
 require("mkfs.ext4", "qemu-img")
@@ -66,3 +67,18 @@ def test_a_rebuilt_base_gets_a_new_template(tmp_path: Path, monkeypatch: pytest.
                                        text=True, check=True).stdout)["virtual-size"] for n in ("old.qcow2", "new.qcow2")]
     assert sizes[1] == -(-base.stat().st_size // 512) * 512 != sizes[0]  # qcow2 counts whole sectors
     assert len(list((vmdisk.disks_dir() / "overlays").iterdir())) == 2
+
+
+def test_the_guest_agent_is_on_the_tools_disk_not_in_the_initramfs() -> None:
+    """QEMU keeps a copy of the initramfs for the VM's life: the agent (~6 MiB with its libraries)
+    lives on a shared read-only disk instead, and the initramfs only links to where it is mounted."""
+    require("debugfs")
+    boot = guest.boot_files()
+    assert boot.tools is not None and boot.tools.stat().st_mode & 0o222 == 0
+    with open(boot.initramfs, "rb") as fh:
+        names = subprocess.run(["busybox", "cpio", "-t"], stdin=fh, capture_output=True, text=True).stdout.split()
+    assert "usr/sbin/qemu-ga" in names and "lib64" in names and "tools" in names
+    assert boot.initramfs.stat().st_size < 5 << 20  # busybox, isobox-run, modules: no agent
+    for path in ("/usr/sbin/qemu-ga", "/lib64/ld-linux-x86-64.so.2"):
+        found = subprocess.run(["debugfs", "-R", f"stat {path}", str(boot.tools)], capture_output=True, text=True)
+        assert "Type: regular" in found.stdout, found.stderr

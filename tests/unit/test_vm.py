@@ -3,6 +3,7 @@ the pty relay's protocol and the monitor's half of it, exec -t's ports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,6 +41,10 @@ def test_cmdline_is_a_sandboxed_microvm_without_legacy_devices(tmp_path: Path) -
     for port in (qemu.IO_PORT, qemu.AGENT_PORT):
         assert f"name={port}" in joined
     assert f"unix:{tmp_path}/qmp.sock,server=on,wait=off" in joined
+    assert "isobox-tools" not in joined  # no agent package: no tools disk
+    with_tools = " ".join(qemu.qemu_cmdline(dataclasses.replace(_cfg(tmp_path), tools_disk=tmp_path / "t.ext4")))
+    assert f"file={tmp_path}/t.ext4,format=raw,if=none,readonly=on" in with_tools
+    assert "serial=isobox-tools" in with_tools
 
 
 def test_a_spec_without_network_or_volumes_carries_a_direct_start() -> None:

@@ -3,9 +3,10 @@
 The kernel (``linux-image-cloud-amd64``) and ``qemu-guest-agent`` are fetched with ``apt-get
 download`` and unpacked with ``dpkg-deb -x`` into isobox's cache — never installed on the host.
 The initramfs is a newc cpio written here: Debian's static busybox, the virtio modules the cloud
-kernel builds as modules, qemu-ga with the host's copies of its libraries (the host is the same
-Debian release), and ``/init`` from ``guestinit.py``.  Everything is keyed by content, so a new
-init script or kernel makes a new file and old ones are never rewritten under a running VM.
+kernel builds as modules, and ``/init`` (isobox-run, see ``guestinit.py``).  qemu-ga with the
+host's copies of its libraries (the host is the same Debian release) is on a read-only "tools"
+disk beside it.  Everything is keyed by content, so a new init or kernel makes new files and old
+ones are never rewritten under a running VM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ BUSYBOX = "/bin/busybox"
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console", "fuse", "virtiofs",
            "failover", "net_failover", "virtio_net")
 AGENT_BINARY = "usr/sbin/qemu-ga"
+TOOLS_MOUNT = "tools"  # where the init mounts the tools disk (qemu-ga and its libraries)
 # isobox-run (guestrun.c), which is also the init's first stage (guestboot.c) as /init.
 RUN_HELPER_SOURCES = (Path(__file__).with_name("guestrun.c"), Path(__file__).with_name("guestboot.c"))
 
@@ -45,6 +48,7 @@ class BootFiles:
     kernel: Path
     initramfs: Path
     kernel_version: str
+    tools: Path | None = None  # the guest agent's disk (None: exec/cp are unavailable)
 
 
 @contextlib.contextmanager
@@ -172,12 +176,6 @@ def _shared_libraries(binary: Path) -> list[str]:
     return libs
 
 
-def _add_host_file(cpio: Cpio, path: str) -> None:
-    """A host file at the same path, following symlinks (the guest gets the real bytes)."""
-    real = os.path.realpath(path)
-    cpio.file(path, Path(real).read_bytes(), 0o755)
-
-
 def run_helper(root: Path) -> Path:
     """The static ``isobox-run`` helper, compiled once per source version."""
     source = b"".join(src.read_bytes() for src in RUN_HELPER_SOURCES)
@@ -197,7 +195,41 @@ def _busybox_applets() -> list[str]:
     return sorted({"sh", *(a for a in out.split() if a and "/" not in a and a != "busybox")})
 
 
-def build_initramfs(modules_dir: Path, agent_tree: Path | None, helper: Path) -> bytes:
+def _agent_files(agent_tree: Path | None) -> list[tuple[str, Path]]:
+    """(guest path, host file) of qemu-ga and the host's copies of its libraries; [] without it."""
+    if agent_tree is None or not (agent_tree / AGENT_BINARY).exists():
+        return []
+    agent = agent_tree / AGENT_BINARY
+    return [("/" + AGENT_BINARY, agent), *((lib, Path(os.path.realpath(lib))) for lib in _shared_libraries(agent))]
+
+
+def build_tools_disk(files: list[tuple[str, Path]], out: Path) -> None:
+    """A read-only ext4 of ``files`` at their guest paths, without a journal (nothing writes it).
+
+    qemu-ga and its libraries (~6 MiB) were in the initramfs, where QEMU keeps a copy of them for
+    the VM's life (fw_cfg) and the guest another in its rootfs: on a disk they are the host's page
+    cache, shared by every VM, and read by the guest only when the agent starts."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:
+        total = 0
+        for guest_path, host_file in files:
+            dest = Path(staging) / guest_path.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(host_file, dest)
+            dest.chmod(0o755)
+            total += dest.stat().st_size
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.truncate(total + total // 4 + (4 << 20))
+        try:
+            _run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-L", "isobox-tools", "-E", "root_owner=0:0",
+                  "-d", staging, str(tmp)])
+            tmp.chmod(0o444)
+            os.rename(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def build_initramfs(modules_dir: Path, agent_files: list[tuple[str, Path]], helper: Path) -> bytes:
     cpio = Cpio()
     for d in ("proc", "sys", "dev", "run", "tmp", "newroot", "bin", "sbin", "etc", "var"):
         cpio.dir(d)
@@ -214,11 +246,13 @@ def build_initramfs(modules_dir: Path, agent_tree: Path | None, helper: Path) ->
     for name in MODULES:
         if name in found:
             cpio.file(f"lib/modules/{name}.ko", found[name].read_bytes())
-    if agent_tree is not None and (agent_tree / AGENT_BINARY).exists():
-        agent = agent_tree / AGENT_BINARY
-        cpio.file("/" + AGENT_BINARY, agent.read_bytes(), 0o755)
-        for lib in _shared_libraries(agent):
-            _add_host_file(cpio, lib)
+    # The agent's files are on the tools disk, which the init mounts at /tools before it starts
+    # qemu-ga: links from their usual paths make the loader and the libraries resolve there.
+    cpio.dir(TOOLS_MOUNT)
+    for directory in sorted({os.path.dirname(path).strip("/") for path, _ in agent_files[1:]}):
+        cpio.symlink(directory, f"/{TOOLS_MOUNT}/{directory}")
+    if agent_files:
+        cpio.symlink(AGENT_BINARY, f"/{TOOLS_MOUNT}/{AGENT_BINARY}")
     return cpio.finish()
 
 
@@ -235,15 +269,20 @@ def boot_files() -> BootFiles:
         except RuntimeFailure:
             agent_tree = None  # exec/cp are unavailable, runs still work
         helper = run_helper(root)
+        agent_deb = (agent_tree / ".done").read_text().strip() if agent_tree is not None else ""
         key = hashlib.sha256(
-            f"{guestinit.INIT_SCRIPT}\0{version}\0{MODULES}\0{agent_tree is not None}\0{helper.name}".encode()
+            f"{guestinit.INIT_SCRIPT}\0{version}\0{MODULES}\0{agent_deb}\0{helper.name}".encode()
             + Path(BUSYBOX).read_bytes()[:4096]).hexdigest()[:16]
         initramfs = root / f"initramfs-{key}.cpio"
-        if not initramfs.exists():
+        tools = root / f"tools-{key}.ext4" if agent_deb else None
+        if not initramfs.exists() or (tools is not None and not tools.exists()):
+            agent_files = _agent_files(agent_tree)
+            if tools is not None:
+                build_tools_disk(agent_files, tools)
             tmp = initramfs.with_suffix(".tmp")
-            tmp.write_bytes(build_initramfs(modules_dir, agent_tree, helper))
+            tmp.write_bytes(build_initramfs(modules_dir, agent_files, helper))
             os.rename(tmp, initramfs)
-            for old in root.glob("initramfs-*.cpio"):
-                if old != initramfs:  # running VMs keep their mapping of an unlinked file
+            for old in [*root.glob("initramfs-*.cpio"), *root.glob("tools-*.ext4")]:
+                if old not in (initramfs, tools):  # running VMs keep their open file of an unlinked one
                     old.unlink(missing_ok=True)
-        return BootFiles(vmlinuz, initramfs, version)
+        return BootFiles(vmlinuz, initramfs, version, tools)

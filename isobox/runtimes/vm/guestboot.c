@@ -3,7 +3,8 @@
  * What it does was ~30 fork+execs of busybox in the init script; under TCG each costs 10-20 ms of
  * guest CPU, and the device wait forked a subshell and a `cat` per disk per poll.  Here it is one
  * process: mount /proc, /sys and /dev; load the virtio modules (finit_module, in guestinit's
- * order); wait for the root and spec disks (found by virtio serial) and the ports (linked as
+ * order); wait for the root and spec disks (found by virtio serial, as is the tools disk that
+ * start_agent mounts for qemu-ga) and the ports (linked as
  * /dev/port-NAME); copy the spec script up to its "#END" line to /spec.sh; mount the image's
  * root disk at /newroot with its /proc, /sys, /dev, /dev/pts and /dev/shm; bring up lo.  Then it
  * execs the script stage (/init.sh, guestinit.py) with ROOT and SPEC in its environment — or,
@@ -87,7 +88,7 @@ static void read_attr(const char *path, char *out, size_t size) {
     out[strcspn(out, "\n")] = 0;
 }
 
-struct found { char root[300], spec[300]; };
+struct found { char root[300], spec[300], tools[300]; };
 
 static void scan_disks(struct found *f) {
     DIR *d = opendir("/sys/block");
@@ -97,7 +98,8 @@ static void scan_disks(struct found *f) {
         char path[300], serial[64];
         snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
         read_attr(path, serial, sizeof serial);
-        char *slot = strcmp(serial, "isobox-root") == 0 ? f->root : strcmp(serial, "isobox-spec") == 0 ? f->spec : NULL;
+        char *slot = strcmp(serial, "isobox-root") == 0 ? f->root : strcmp(serial, "isobox-spec") == 0 ? f->spec
+                   : strcmp(serial, "isobox-tools") == 0 ? f->tools : NULL;
         if (slot) snprintf(slot, sizeof f->root, "/dev/%s", e->d_name);
     }
     closedir(d);
@@ -230,11 +232,8 @@ static char *const boot_env[] = { "PATH=/bin:/sbin", "HOME=/", "TERM=linux", NUL
 
 int run_main(int argc, char **argv); /* guestrun.c */
 
-/* A child of the init with its stdio on the console (stdin from /dev/null unless ``console_in``);
- * isobox-run itself (the workload's relay) runs in the fork without an exec. */
-static pid_t spawn(char *const argv[], int niceness, int console_in) {
-    pid_t pid = fork();
-    if (pid != 0) return pid;
+/* In a child of the init: stdio on the console (stdin from /dev/null unless ``console_in``). */
+static void console_stdio(int console_in, int niceness) {
     int con = open("/dev/console", O_RDWR | O_NOCTTY);
     int in = console_in ? con : open("/dev/null", O_RDONLY);
     if (con < 0 || in < 0) _exit(125);
@@ -242,6 +241,14 @@ static pid_t spawn(char *const argv[], int niceness, int console_in) {
     dup2(con, 1);
     dup2(con, 2);
     setpriority(PRIO_PROCESS, 0, niceness);
+}
+
+/* A child of the init with its stdio on the console; isobox-run itself (the workload's relay)
+ * runs in the fork without an exec. */
+static pid_t spawn(char *const argv[], int niceness, int console_in) {
+    pid_t pid = fork();
+    if (pid != 0) return pid;
+    console_stdio(console_in, niceness);
     if (strcmp(argv[0], "/bin/isobox-run") == 0) {
         int argc = 0;
         while (argv[argc]) argc++;
@@ -251,21 +258,32 @@ static pid_t spawn(char *const argv[], int niceness, int console_in) {
     _exit(127);
 }
 
+/* qemu-ga (exec, cp, shutdown) at nice 19, off the workload's critical path: its child mounts
+ * the tools disk, where the agent and its libraries are (guest.py), then execs it. */
+static void start_agent(const char *tools) {
+    if (!tools[0] || fork() != 0) return;
+    console_stdio(0, 19);
+    if (mount(tools, "/tools", "ext4", MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0) {
+        say("cannot mount the tools disk: %s; no guest agent (exec, cp)", strerror(errno));
+        _exit(125);
+    }
+    char *const agent[] = { "/usr/sbin/qemu-ga", "-m", "virtio-serial", "-p", "/dev/port-org.qemu.guest_agent.0",
+                            "-t", "/run/qga", NULL };
+    execve(agent[0], agent, boot_env);
+    _exit(127);
+}
+
 /* What /init.sh does for a spec without network and volumes, without its shell: the hostname,
  * the workload behind its relay, then (at nice 19, off the workload's critical path) the guest
  * agent and the console's root shell; power off when the relay is done. */
-static void __attribute__((noreturn)) start_direct(const struct direct *d) {
+static void __attribute__((noreturn)) start_direct(const struct direct *d, const char *tools) {
     if (sethostname(d->hostname, strlen(d->hostname)) < 0) fail("cannot set the hostname");
     say("workload");
     pid_t relay = spawn(d->argv, 0, 0);
     if (relay < 0) fail("cannot start the workload");
     /* From here on the init only starts helpers and reaps: its forks yield to the relay's. */
     setpriority(PRIO_PROCESS, 0, 19);
-    if (access("/usr/sbin/qemu-ga", X_OK) == 0) {
-        char *const agent[] = { "/usr/sbin/qemu-ga", "-m", "virtio-serial", "-p", "/dev/port-org.qemu.guest_agent.0",
-                                "-t", "/run/qga", NULL };
-        spawn(agent, 19, 0);
-    }
+    start_agent(tools);
     char *const shell[] = { "/bin/setsid", "cttyhack", "sh", "-c", "renice 0 -p $$ >/dev/null; while :; do sh; done", NULL };
     spawn(shell, 19, 1);
     for (;;) { /* PID 1 reaps every orphan meanwhile */
@@ -283,14 +301,15 @@ int boot_main(void) {
     must_mount("sys", "/sys", "sysfs", 0, NULL);
     must_mount("dev", "/dev", "devtmpfs", 0, NULL);
     load_modules();
-    struct found f = { "", "" };
+    struct found f = { "", "", "" };
     wait_for_devices(&f);
     static struct direct d;
     int direct = copy_spec(f.spec, &d);
     mount_newroot(f.root);
     loopback_up();
     mkdir("/run/qga", 0755); /* the guest agent's state directory */
-    if (direct) start_direct(&d);
+    if (direct) start_direct(&d, f.tools);
+    start_agent(f.tools);
     char env_root[320], env_spec[320];
     snprintf(env_root, sizeof env_root, "ROOT=%s", f.root);
     snprintf(env_spec, sizeof env_spec, "SPEC=%s", f.spec);

@@ -2,16 +2,18 @@
 
 ``/init`` is ``isobox-run`` entered as PID 1 (``guestboot.c``): it loads the virtio modules, finds
 the root and spec disks by their virtio serial, links the ports by name, and mounts the image's
-root disk (an ext4 base with a per-VM qcow2 overlay, so it is writable here) — in C, because each
-fork of busybox costs 10-20 ms of guest CPU under TCG.  It then execs ``/init.sh`` (below), a
-busybox sh script, which sources the spec, configures the network, mounts volumes (virtio-fs),
-starts qemu-ga for exec/cp/shutdown, and runs the workload through ``isobox-run`` (``guestrun.c``:
+root disk (an ext4 base with a per-VM qcow2 overlay, so it is writable here), and starts qemu-ga
+for exec/cp/shutdown from the tools disk at nice 19 — in C, because each fork of busybox costs
+10-20 ms of guest CPU under TCG.  It then execs ``/init.sh`` (below), a busybox sh script, which
+sources the spec, configures the network, mounts volumes (virtio-fs), and runs the workload
+through ``isobox-run`` (``guestrun.c``:
 chroot, user, environment, working directory), its stdio on virtio-serial ports the host monitor
 reads.  ``isobox-run --relay io`` (``--pty io`` with ``-t``) relays the workload's stdio, the
 host's signals and the exit code over the one ``io`` port (see ``relay.py``).
 
 Host <-> guest contract (see ``qemu.py``):
     disk serial  isobox-root  the root disk      isobox-spec  the spec (a sh script ending "#END")
+                 isobox-tools qemu-ga and its libraries (read-only ext4, mounted at /tools)
     ports        io org.qemu.guest_agent.0; exec -t's hot-plugged
     console      ttyS0: kernel and init messages; "isobox-init: <stage>" lines mark progress;
                  then a shell (``isobox console``)
@@ -52,14 +54,8 @@ say "workload"
 # (before the workload runs) go to the console, whose tail the host reports when no exit came.
 "$@" < /dev/null > /dev/console 2>&1 &
 pid=$!
-# Off the workload's critical path: the guest agent (exec, cp) and, for `isobox console`, a root
-# shell of the VM (outside the image's root) on the serial console.
-if [ -x /usr/sbin/qemu-ga ]; then
-    # At nice 19 (isobox-run restores 0 for what it execs): its start-up, ~0.4 s of CPU under
-    # TCG, neither delays the workload nor the exit report of a short one.
-    isobox-run --nice 19 /usr/sbin/qemu-ga -m virtio-serial -p /dev/port-org.qemu.guest_agent.0 -t /run/qga \
-        2>/dev/console &
-fi
+# Off the workload's critical path (the first stage started the guest agent at nice 19): for
+# `isobox console`, a root shell of the VM (outside the image's root) on the serial console.
 # It starts at nice 19 too, so that its three execs do not compete with the workload's start,
 # and gives its shells the normal priority once it runs.
 isobox-run --nice 19 /bin/setsid cttyhack sh -c 'renice 0 -p $$ >/dev/null; while :; do sh; done' \

@@ -43,6 +43,7 @@ class VmConfig:
     extra_kernel_args: list[str] = field(default_factory=list)
     volumes: int = 0  # virtio-fs shares, served by the monitor's virtiofsd processes (fs<N>.sock)
     nic: tuple[str, str] | None = None  # (tap device, guest MAC) on an isobox network
+    tools_disk: Path | None = None  # qemu-ga and its libraries (guest.py), shared read-only by every VM
 
     def socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.sock"
@@ -102,7 +103,10 @@ def disks(cfg: VmConfig) -> list[str]:
         "-device", "virtio-blk-device,drive=root,serial=isobox-root",
         "-drive", f"id=spec,file={cfg.spec_disk},format=raw,if=none,readonly=on",
         "-device", "virtio-blk-device,drive=spec,serial=isobox-spec",
-    ]
+    ] + ([] if cfg.tools_disk is None else [
+        "-drive", f"id=tools,file={cfg.tools_disk},format=raw,if=none,readonly=on",
+        "-device", "virtio-blk-device,drive=tools,serial=isobox-tools",
+    ])
 
 
 def volumes(cfg: VmConfig) -> list[str]:

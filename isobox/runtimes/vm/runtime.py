@@ -162,7 +162,7 @@ class VmRuntime:
         cfg = qemu.VmConfig(run_dir=rdir, kernel=boot.kernel, initramfs=boot.initramfs, root_disk=overlay,
                             spec_disk=spec_disk, accel=chosen.name, memory_mib=memory_mib(spec),
                             cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}", extra_kernel_args=extra,
-                            volumes=len(spec.mounts),
+                            volumes=len(spec.mounts), tools_disk=boot.tools,
                             nic=None if network is None else (network.lease.link, network.lease.mac))
         argv = qemu.qemu_cmdline(cfg)
         mcfg = MonitorConfig(argv=argv, run_dir=str(rdir), log_path=str(ddir / "ctr.log"),
@@ -183,6 +183,7 @@ class VmRuntime:
             "Kernel": str(boot.kernel),
             "KernelVersion": boot.kernel_version,
             "Initramfs": str(boot.initramfs),
+            "ToolsDisk": str(boot.tools) if boot.tools else None,
             "MemoryMiB": cfg.memory_mib,
             "VCPUs": cfg.cpus,
             "RootDisk": {"base": str(base), "overlay": str(overlay)},
