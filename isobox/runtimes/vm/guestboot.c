@@ -76,8 +76,9 @@ static void load_modules(void) {
     }
 }
 
-/* The first line of a small sysfs attribute, without its newline; "" when unreadable. */
-static void read_attr(const char *path, char *out, size_t size) {
+/* The first line of a small sysfs attribute, without its newline; "" when unreadable (guestrun.c
+ * reads port names with it too). */
+void read_attr(const char *path, char *out, size_t size) {
     out[0] = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;

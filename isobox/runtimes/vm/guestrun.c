@@ -135,6 +135,8 @@ static int send_frame(int fd, int type, const void *data, size_t len, int patien
     return write_all(fd, frame_buf, 8 + len, patience_ms);
 }
 
+void read_attr(const char *path, char *out, size_t size); /* guestboot.c */
+
 /* The port by its virtio-serial name (no /dev/port-* link needed): an exec -t session's is
  * hot-plugged just before qemu-ga starts us, and may take a moment to appear. */
 static int open_port(const char *name) {
@@ -149,13 +151,8 @@ static int open_port(const char *name) {
         while (dir && (e = readdir(dir))) {
             if (e->d_name[0] == '.') continue;
             snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
-            FILE *fh = fopen(path, "re");
-            if (!fh) continue;
-            int match = fgets(got, sizeof got, fh) != NULL;
-            fclose(fh);
-            got[strcspn(got, "\n")] = 0;
-            if (match) match = strcmp(got, name) == 0;
-            if (!match) continue;
+            read_attr(path, got, sizeof got);
+            if (strcmp(got, name) != 0) continue;
             snprintf(dev, sizeof dev, "/dev/%s", e->d_name);
             int fd = open(dev, O_RDWR | O_NOCTTY | O_CLOEXEC);
             if (fd >= 0) { closedir(dir); return fd; }
