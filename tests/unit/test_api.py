@@ -335,19 +335,45 @@ def test_refuses_when_a_daemon_answers(roots: Path) -> None:
     assert sock.exists()  # not ours to remove
 
 
-def test_refuses_while_another_holds_the_lock(roots: Path) -> None:
-    from isobox.daemon.server import AlreadyRunning, daemon_files
-
-    sock = roots / "api.sock"
+def _lock_holder(sock: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process holding the daemon's lock for ``seconds``, once it has printed 'locked'."""
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
         f"fd = os.open({str(sock.with_suffix('.lock'))!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(30)\n")],
+        f"fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep({seconds})\n")],
         stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    return holder
+
+
+def test_refuses_while_another_holds_the_lock(roots: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isobox.daemon import server
+    from isobox.daemon.server import AlreadyRunning, daemon_files
+
+    monkeypatch.setattr(server, "LOCK_PATIENCE_S", 0.3)
+    sock = roots / "api.sock"
+    holder = _lock_holder(sock, 30)
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
         with pytest.raises(AlreadyRunning, match="running or starting"), daemon_files(sock):
             pass
+        assert time.monotonic() - started >= 0.3
+        assert not sock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_waits_for_a_dying_predecessor_to_release_the_lock(roots: Path) -> None:
+    """A daemon killed -9 holds its lock until its exit is done; a restart right after waits."""
+    from isobox.daemon.server import daemon_files
+
+    sock = roots / "api.sock"
+    holder = _lock_holder(sock, 0.5)
+    try:
+        with daemon_files(sock) as listener:
+            assert holder.poll() is not None  # it got the lock only once the holder was gone
+            assert listener.getsockname() == str(sock)
     finally:
         holder.kill()
         holder.wait()
