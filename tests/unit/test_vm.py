@@ -299,3 +299,40 @@ def test_exec_t_is_refused_for_a_firmware_booted_os() -> None:
     request = ExecRequest(["sh"], {}, None, None, tty=True, interactive=True, privileged=False)
     with pytest.raises(InvalidArgument, match="exec -t is not supported for localhost/os:1"):
         VmRuntime().exec(SimpleNamespace(id="0" * 64), spec, image, request)  # type: ignore[arg-type]
+
+
+def test_an_adopted_qemu_is_polled_waited_and_killed_like_a_popen() -> None:
+    """isobox-run --launch makes the monitor QEMU's parent without a Popen (vmstart.Adopted)."""
+    from isobox.runtimes.vm.vmstart import Adopted
+
+    quick = Adopted(subprocess.Popen(["sh", "-c", "exit 3"]).pid)
+    assert quick.wait(10) == 3 and quick.poll() == 3
+    slow = Adopted(subprocess.Popen(["sleep", "30"]).pid)
+    assert slow.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        slow.wait(0.05)
+    slow.kill()
+    assert slow.wait(10) == -9
+    slow.kill()  # reaped already: nothing to signal, no error
+
+
+def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: Path) -> None:
+    """isobox-run --launch forks QEMU, then becomes the monitor: a QEMU that cannot even be run
+    ends as a start error that quotes qemu.log, and leaves no process behind."""
+    from isobox.errors import RuntimeFailure
+    from isobox.runtimes.vm.runtime import VmRuntime
+
+    (tmp_path / "cache").mkdir()
+    helper = guest.run_helper(tmp_path / "cache")  # gcc, as the first VM start does
+    rdir = tmp_path / "run"
+    rdir.mkdir()
+    missing = str(tmp_path / "no-such-qemu")
+    MonitorConfig(argv=[missing], run_dir=str(rdir), log_path=str(tmp_path / "ctr.log"),
+                  console_log=str(tmp_path / "console.log"), exit_path=str(tmp_path / "exit.json"),
+                  wait_attach=False, boot_timeout=20).save(rdir / "monitor.json")
+    with pytest.raises(RuntimeFailure) as failed:
+        VmRuntime._spawn_monitor(rdir, 30, (helper, [missing, "-name", "x"]))
+    assert "QEMU stopped while building the machine" in str(failed.value)
+    assert f"cannot run {missing}" in str(failed.value)
+    left = subprocess.run(["pgrep", "-f", str(rdir)], capture_output=True, text=True).stdout
+    assert left == ""

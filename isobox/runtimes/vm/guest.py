@@ -49,6 +49,7 @@ class BootFiles:
     initramfs: Path
     kernel_version: str
     tools: Path | None = None  # the guest agent's disk (None: exec/cp are unavailable)
+    helper: Path | None = None  # isobox-run, whose --launch starts QEMU for the monitor
 
 
 @contextlib.contextmanager
@@ -285,4 +286,4 @@ def boot_files() -> BootFiles:
             for old in [*root.glob("initramfs-*.cpio"), *root.glob("tools-*.ext4")]:
                 if old not in (initramfs, tools):  # running VMs keep their open file of an unlinked one
                     old.unlink(missing_ok=True)
-        return BootFiles(vmlinuz, initramfs, version, tools)
+        return BootFiles(vmlinuz, initramfs, version, tools, helper)

@@ -401,7 +401,40 @@ int main(int argc, char **argv) {
 
 /* Everything but the init: guestboot.c calls it in a fork for the workload's relay (an exec of
  * this binary would cost ~20 ms more under TCG). */
+/* On the host: `isobox-run --launch LOG N QEMU ARGS(N-1)... -- MONITOR ARGS...` forks QEMU (stdin
+ * /dev/null, stdout and stderr to LOG, no other fd) and execs the monitor in this process, which
+ * thereby is QEMU's parent (ISOBOX_QEMU_PID names the child): QEMU starts ~35 ms sooner than from
+ * the Python monitor, whose interpreter start-up now runs beside the boot. */
+static int launch(int argc, char **argv) {
+    int n = atoi(argv[3]);
+    if (n < 1 || 4 + n >= argc || strcmp(argv[4 + n], "--") != 0 || 5 + n >= argc) {
+        fprintf(stderr, "isobox-run: bad --launch arguments\n");
+        return 125;
+    }
+    char **qemu = argv + 4, **monitor = argv + 5 + n;
+    argv[4 + n] = NULL;
+    pid_t pid = fork();
+    if (pid < 0) { perror("isobox-run: fork"); return 125; }
+    if (pid == 0) {
+        int log = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int null = open("/dev/null", O_RDONLY);
+        if (log < 0 || null < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0) _exit(125);
+        for (int fd = 3; fd < 1024; fd++) close(fd); /* the monitor's status pipe among them */
+        execvp(qemu[0], qemu);
+        dprintf(2, "cannot run %s: %s\n", qemu[0], strerror(errno));
+        _exit(127);
+    }
+    char pidtext[16];
+    snprintf(pidtext, sizeof pidtext, "%d", (int)pid);
+    setenv("ISOBOX_QEMU_PID", pidtext, 1);
+    execvp(monitor[0], monitor);
+    perror("isobox-run: exec the monitor");
+    kill(pid, SIGKILL);
+    return 125;
+}
+
 int run_main(int argc, char **argv) {
+    if (argc > 4 && strcmp(argv[1], "--launch") == 0) return launch(argc, argv);
     if (argc > 3 && strcmp(argv[1], "--nice") == 0) { /* the init's: Debian's busybox has no `nice` */
         setpriority(PRIO_PROCESS, 0, atoi(argv[2]));
         execv(argv[3], argv + 3);

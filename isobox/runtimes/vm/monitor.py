@@ -135,7 +135,7 @@ def _process_start(pid: int) -> int:
         return int(fh.read().rsplit(b")", 1)[1].split()[19])
 
 
-def _connect(path: str, qemu: subprocess.Popen[bytes], deadline: float) -> socket.socket:
+def _connect(path: str, qemu: vmstart.Qemu, deadline: float) -> socket.socket:
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -270,7 +270,7 @@ class VmPump(Pump):
         return None, None
 
 
-def _wait_ready(qemu: subprocess.Popen[bytes], console_sock: socket.socket, console: Console,
+def _wait_ready(qemu: vmstart.Qemu, console_sock: socket.socket, console: Console,
                 deadline: float) -> None:
     sel = selectors.DefaultSelector()
     sel.register(console_sock, selectors.EVENT_READ)
@@ -319,7 +319,7 @@ def system_powerdown(qmp_path: str) -> None:
         asyncio.run(asyncio.wait_for(press(), QMP_TIMEOUT))
 
 
-def _wait_machine(qmp_path: str, qemu: subprocess.Popen[bytes], deadline: float) -> None:
+def _wait_machine(qmp_path: str, qemu: vmstart.Qemu, deadline: float) -> None:
     """Wait for QMP's greeting: QEMU sends it from its main loop, so the machine (firmware,
     disks, devices) has been built.  A raw read, so that the boot deadline bounds it."""
     sock = _connect(qmp_path, qemu, deadline)
@@ -377,14 +377,14 @@ def _stop_volumes(cfg: MonitorConfig, procs: list[subprocess.Popen[bytes]]) -> N
     unmount_under(cfg.run_dir)
 
 
-def _stop_qemu(qemu: subprocess.Popen[bytes]) -> None:
+def _stop_qemu(qemu: vmstart.Qemu) -> None:
     with contextlib.suppress(OSError):
         qemu.kill()
     with contextlib.suppress(Exception):
         qemu.wait(10)
 
 
-def run(cfg: MonitorConfig, status_fd: int, qemu: subprocess.Popen[bytes] | None = None) -> None:
+def run(cfg: MonitorConfig, status_fd: int, qemu: vmstart.Qemu | None = None) -> None:
     """``qemu``: already started (``vmstart.py``, a VM without volumes)."""
     console = Console(cfg.console_log)
     listener = _listen(cfg.sock("attach"))
@@ -468,7 +468,7 @@ def read_line(fd: int, timeout: float) -> bytes:
     return data
 
 
-def main(qemu: subprocess.Popen[bytes] | None = None) -> None:
+def main(qemu: vmstart.Qemu | None = None) -> None:
     cfg = MonitorConfig(**json.loads(Path(sys.argv[1]).read_text()))
     status_fd = int(sys.argv[2])
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

@@ -171,7 +171,8 @@ class VmRuntime:
                              volumes=[(m.source, m.readonly) for m in spec.mounts])
         mcfg.save(rdir / "monitor.json")
         try:
-            launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20)
+            launcher = None if spec.mounts or boot.helper is None else (boot.helper, argv)
+            launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20, launcher)
         except BaseException:
             unmount_under(str(rdir))  # never rmtree through a volume's bind mount
             shutil.rmtree(rdir, ignore_errors=True)
@@ -200,12 +201,18 @@ class VmRuntime:
         return launched, applied, str(rdir / "attach.sock") if attach else None
 
     @staticmethod
-    def _spawn_monitor(rdir: Path, timeout: float) -> Launched:
+    def _spawn_monitor(rdir: Path, timeout: float, launcher: tuple[Path, list[str]] | None = None) -> Launched:
+        """The monitor (vmstart.py); with ``launcher`` = (isobox-run, QEMU's argv), QEMU is
+        started first by ``isobox-run --launch``, which then becomes the monitor."""
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(status_w, True)
+        argv = [sys.executable, "-m", "isobox.runtimes.vm.vmstart", str(rdir / "monitor.json"), str(status_w)]
+        if launcher is not None:
+            helper, qemu_argv = launcher
+            argv = [str(helper), "--launch", str(rdir / "qemu.log"), str(len(qemu_argv)), *qemu_argv, "--", *argv]
         with open(rdir / "monitor.err", "wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "isobox.runtimes.vm.vmstart", str(rdir / "monitor.json"), str(status_w)],
+                argv,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, pass_fds=(status_w,),
                 start_new_session=True, close_fds=True)
         os.close(status_w)

@@ -2,6 +2,10 @@
 
     python -m isobox.runtimes.vm.vmstart CONFIG.json STATUS_FD
 
+A VM without volumes comes here already started: ``isobox-run --launch`` (guestrun.c) forked
+QEMU and exec'd this interpreter in its own process, which is thus QEMU's parent
+(``ISOBOX_QEMU_PID``), so that the interpreter's start-up runs beside the boot.  Otherwise:
+
 Every millisecond before QEMU's exec is boot time, and the monitor's imports take ~60 ms; so
 this module imports only what starting QEMU needs, starts it, then hands it to ``monitor.main``.
 A VM with volumes needs its virtiofsd processes first: the monitor starts both, in that order.
@@ -12,8 +16,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+
+
+class Adopted:
+    """QEMU as a child this process did not start with Popen (see above): Popen's poll, wait
+    and kill, which are all the monitor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["qemu"], timeout or 0)
+            time.sleep(0.01)
+        return code
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+Qemu = subprocess.Popen[bytes] | Adopted
 
 
 def start_qemu(argv: list[str], run_dir: str) -> subprocess.Popen[bytes]:
@@ -28,8 +66,11 @@ def start_qemu(argv: list[str], run_dir: str) -> subprocess.Popen[bytes]:
 def main() -> None:
     with open(sys.argv[1]) as fh:
         config = json.load(fh)
-    qemu = None
-    if not config.get("volumes"):
+    qemu: Qemu | None = None
+    launched = os.environ.pop("ISOBOX_QEMU_PID", None)
+    if launched:
+        qemu = Adopted(int(launched))
+    elif not config.get("volumes"):
         with contextlib.suppress(OSError):  # the monitor tries again, and reports the error
             qemu = start_qemu(config["argv"], config["run_dir"])
     from isobox.runtimes.vm import monitor
