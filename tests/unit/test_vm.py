@@ -316,14 +316,14 @@ def test_an_adopted_qemu_is_polled_waited_and_killed_like_a_popen() -> None:
     slow.kill()  # reaped already: nothing to signal, no error
 
 
-def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: Path) -> None:
+def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """isobox-run --launch forks QEMU, then becomes the monitor: a QEMU that cannot even be run
     ends as a start error that quotes qemu.log, and leaves no process behind."""
     from isobox.errors import RuntimeFailure
     from isobox.runtimes.vm.runtime import VmRuntime
 
-    (tmp_path / "cache").mkdir()
-    helper = guest.run_helper(tmp_path / "cache")  # gcc, as the first VM start does
+    monkeypatch.setenv("ISOBOX_CACHE", str(tmp_path / "cache"))  # isobox-run built there by gcc
     rdir = tmp_path / "run"
     rdir.mkdir()
     missing = str(tmp_path / "no-such-qemu")
@@ -331,7 +331,7 @@ def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: 
                   console_log=str(tmp_path / "console.log"), exit_path=str(tmp_path / "exit.json"),
                   wait_attach=False, boot_timeout=20).save(rdir / "monitor.json")
     with pytest.raises(RuntimeFailure) as failed:
-        VmRuntime._spawn_monitor(rdir, 30, (helper, [missing, "-name", "x"]))
+        VmRuntime._spawn_monitor(rdir, 30, [missing, "-name", "x"])
     assert "QEMU stopped while building the machine" in str(failed.value)
     assert f"cannot run {missing}" in str(failed.value)
     left = subprocess.run(["pgrep", "-f", str(rdir)], capture_output=True, text=True).stdout

@@ -126,7 +126,7 @@ def start(rec: ContainerRecord, spec: WorkloadSpec, image: Image, attach: bool,
                          wait_attach=attach, boot_timeout=timeout, firmware=True)
     mcfg.save(rdir / "monitor.json")
     try:
-        launched = VmRuntime._spawn_monitor(rdir, timeout + 20)
+        launched = VmRuntime._spawn_monitor(rdir, timeout + 20, argv)
     except BaseException:
         shutil.rmtree(rdir, ignore_errors=True)
         raise

@@ -49,7 +49,6 @@ class BootFiles:
     initramfs: Path
     kernel_version: str
     tools: Path | None = None  # the guest agent's disk (None: exec/cp are unavailable)
-    helper: Path | None = None  # isobox-run, whose --launch starts QEMU for the monitor
 
 
 @contextlib.contextmanager
@@ -191,6 +190,13 @@ def run_helper(root: Path) -> Path:
     return out
 
 
+def launcher() -> Path:
+    """isobox-run for the host's ``--launch`` (QEMU first, then the monitor): any VM's start."""
+    root = cache_root()
+    with _locked(root):
+        return run_helper(root)
+
+
 def _busybox_applets() -> list[str]:
     out = _run([BUSYBOX, "--list"])
     return sorted({"sh", *(a for a in out.split() if a and "/" not in a and a != "busybox")})
@@ -286,4 +292,4 @@ def boot_files() -> BootFiles:
             for old in [*root.glob("initramfs-*.cpio"), *root.glob("tools-*.ext4")]:
                 if old not in (initramfs, tools):  # running VMs keep their open file of an unlinked one
                     old.unlink(missing_ok=True)
-        return BootFiles(vmlinuz, initramfs, version, tools, helper)
+        return BootFiles(vmlinuz, initramfs, version, tools)

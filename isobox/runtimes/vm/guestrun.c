@@ -399,8 +399,6 @@ int main(int argc, char **argv) {
     return run_main(argc, argv);
 }
 
-/* Everything but the init: guestboot.c calls it in a fork for the workload's relay (an exec of
- * this binary would cost ~20 ms more under TCG). */
 /* On the host: `isobox-run --launch LOG N QEMU ARGS(N-1)... -- MONITOR ARGS...` forks QEMU (stdin
  * /dev/null, stdout and stderr to LOG, no other fd) and execs the monitor in this process, which
  * thereby is QEMU's parent (ISOBOX_QEMU_PID names the child): QEMU starts ~35 ms sooner than from
@@ -419,7 +417,7 @@ static int launch(int argc, char **argv) {
         int log = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
         int null = open("/dev/null", O_RDONLY);
         if (log < 0 || null < 0 || dup2(null, 0) < 0 || dup2(log, 1) < 0 || dup2(log, 2) < 0) _exit(125);
-        for (int fd = 3; fd < 1024; fd++) close(fd); /* the monitor's status pipe among them */
+        close_range(3, ~0U, 0); /* the monitor's status pipe among them */
         execvp(qemu[0], qemu);
         dprintf(2, "cannot run %s: %s\n", qemu[0], strerror(errno));
         _exit(127);
@@ -433,6 +431,8 @@ static int launch(int argc, char **argv) {
     return 125;
 }
 
+/* Everything but the init: guestboot.c calls it in a fork for the workload's relay (an exec of
+ * this binary would cost ~20 ms more under TCG). */
 int run_main(int argc, char **argv) {
     if (argc > 4 && strcmp(argv[1], "--launch") == 0) return launch(argc, argv);
     if (argc > 3 && strcmp(argv[1], "--nice") == 0) { /* the init's: Debian's busybox has no `nice` */

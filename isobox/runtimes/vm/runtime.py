@@ -171,8 +171,8 @@ class VmRuntime:
                              volumes=[(m.source, m.readonly) for m in spec.mounts])
         mcfg.save(rdir / "monitor.json")
         try:
-            launcher = None if spec.mounts or boot.helper is None else (boot.helper, argv)
-            launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20, launcher)
+            # With volumes, the monitor starts QEMU once their virtiofsd processes run.
+            launched = self._spawn_monitor(rdir, mcfg.boot_timeout + 20, None if spec.mounts else argv)
         except BaseException:
             unmount_under(str(rdir))  # never rmtree through a volume's bind mount
             shutil.rmtree(rdir, ignore_errors=True)
@@ -201,15 +201,15 @@ class VmRuntime:
         return launched, applied, str(rdir / "attach.sock") if attach else None
 
     @staticmethod
-    def _spawn_monitor(rdir: Path, timeout: float, launcher: tuple[Path, list[str]] | None = None) -> Launched:
-        """The monitor (vmstart.py); with ``launcher`` = (isobox-run, QEMU's argv), QEMU is
-        started first by ``isobox-run --launch``, which then becomes the monitor."""
+    def _spawn_monitor(rdir: Path, timeout: float, qemu_argv: list[str] | None) -> Launched:
+        """The monitor (vmstart.py).  Given ``qemu_argv``, ``isobox-run --launch`` starts QEMU
+        first and then becomes the monitor, so that QEMU does not wait for an interpreter."""
+        launch = [] if qemu_argv is None else [
+            str(guest.launcher()), "--launch", str(rdir / "qemu.log"), str(len(qemu_argv)), *qemu_argv, "--"]
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(status_w, True)
-        argv = [sys.executable, "-m", "isobox.runtimes.vm.vmstart", str(rdir / "monitor.json"), str(status_w)]
-        if launcher is not None:
-            helper, qemu_argv = launcher
-            argv = [str(helper), "--launch", str(rdir / "qemu.log"), str(len(qemu_argv)), *qemu_argv, "--", *argv]
+        argv = [*launch, sys.executable, "-m", "isobox.runtimes.vm.vmstart", str(rdir / "monitor.json"),
+                str(status_w)]
         with open(rdir / "monitor.err", "wb") as err:
             proc = subprocess.Popen(
                 argv,

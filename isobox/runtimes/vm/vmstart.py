@@ -1,24 +1,20 @@
-"""The VM monitor's entry point: QEMU starts before the monitor imports the rest of isobox.
+"""The VM monitor's entry point.
 
     python -m isobox.runtimes.vm.vmstart CONFIG.json STATUS_FD
 
-A VM without volumes comes here already started: ``isobox-run --launch`` (guestrun.c) forked
-QEMU and exec'd this interpreter in its own process, which is thus QEMU's parent
-(``ISOBOX_QEMU_PID``), so that the interpreter's start-up runs beside the boot.  Otherwise:
-
-Every millisecond before QEMU's exec is boot time, and the monitor's imports take ~60 ms; so
-this module imports only what starting QEMU needs, starts it, then hands it to ``monitor.main``.
-A VM with volumes needs its virtiofsd processes first: the monitor starts both, in that order.
+Every millisecond before QEMU's exec is boot time, and an interpreter's start-up and the
+monitor's imports take ~35 + 60 ms; so a VM without volumes comes here with QEMU already
+running: ``isobox-run --launch`` (guestrun.c) forked it and exec'd this interpreter in its own
+process, which is thus QEMU's parent (``ISOBOX_QEMU_PID``).  A VM with volumes needs its
+virtiofsd processes first: the monitor starts both (``start_qemu``), in that order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 
@@ -64,18 +60,10 @@ def start_qemu(argv: list[str], run_dir: str) -> subprocess.Popen[bytes]:
 
 
 def main() -> None:
-    with open(sys.argv[1]) as fh:
-        config = json.load(fh)
-    qemu: Qemu | None = None
     launched = os.environ.pop("ISOBOX_QEMU_PID", None)
-    if launched:
-        qemu = Adopted(int(launched))
-    elif not config.get("volumes"):
-        with contextlib.suppress(OSError):  # the monitor tries again, and reports the error
-            qemu = start_qemu(config["argv"], config["run_dir"])
     from isobox.runtimes.vm import monitor
 
-    monitor.main(qemu)
+    monitor.main(Adopted(int(launched)) if launched else None)
 
 
 if __name__ == "__main__":
