@@ -305,9 +305,10 @@ def test_an_adopted_qemu_is_polled_waited_and_killed_like_a_popen() -> None:
     """isobox-run --launch makes the monitor QEMU's parent without a Popen (vmstart.Adopted)."""
     from isobox.runtimes.vm.vmstart import Adopted
 
-    quick = Adopted(subprocess.Popen(["sh", "-c", "exit 3"]).pid)
+    # posix_spawn, not Popen: a dropped Popen reaps its child in __del__, racing Adopted.
+    quick = Adopted(os.posix_spawnp("sh", ["sh", "-c", "exit 3"], os.environ))
     assert quick.wait(10) == 3 and quick.poll() == 3
-    slow = Adopted(subprocess.Popen(["sleep", "30"]).pid)
+    slow = Adopted(os.posix_spawnp("sleep", ["sleep", "30"], os.environ))
     assert slow.poll() is None
     with pytest.raises(subprocess.TimeoutExpired):
         slow.wait(0.05)
