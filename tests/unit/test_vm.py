@@ -337,3 +337,27 @@ def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: 
     assert f"cannot run {missing}" in str(failed.value)
     left = subprocess.run(["pgrep", "-f", str(rdir)], capture_output=True, text=True).stdout
     assert left == ""
+
+
+def test_boot_files_of_other_versions_go_only_once_unused(tmp_path: Path) -> None:
+    """Two versions sharing a cache must not delete each other's initramfs and helper on every
+    start (they rebuilt alternately, and a start could lose the helper it was about to exec)."""
+    from isobox.runtimes.vm.guest import UNUSED_AFTER_S, prune_unused
+
+    now = 1_000_000_000.0
+    ours = tmp_path / "initramfs-aaaa.cpio"
+    recent = tmp_path / "initramfs-bbbb.cpio"  # another checkout's, used an hour ago
+    stale = tmp_path / "initramfs-cccc.cpio"  # nobody's for two days
+    stale_tools = tmp_path / "tools-cccc.ext4"
+    unrelated = tmp_path / "kernel-package"
+    for path, age in ((ours, 3 * UNUSED_AFTER_S), (recent, 3600.0), (stale, 2 * UNUSED_AFTER_S),
+                      (stale_tools, 2 * UNUSED_AFTER_S), (unrelated, 9 * UNUSED_AFTER_S)):
+        path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+
+    gone = prune_unused(tmp_path, ["initramfs-*.cpio", "tools-*.ext4"], keep=[ours], now=now)
+
+    assert sorted(gone) == sorted([stale, stale_tools])
+    assert ours.exists() and recent.exists() and unrelated.exists()
+    assert not stale.exists() and not stale_tools.exists()
+    assert ours.stat().st_mtime == now  # marked as used: the other version leaves it a day

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,10 +185,32 @@ def run_helper(root: Path) -> Path:
         tmp = out.with_suffix(".tmp")
         _run(["gcc", "-static", "-Os", "-s", "-Wall", "-o", str(tmp), *map(str, RUN_HELPER_SOURCES)])
         os.rename(tmp, out)
-        for old in root.glob("isobox-run-*"):
-            if old != out:  # only initramfs builds read it: an older one has no user left
-                old.unlink(missing_ok=True)
+    prune_unused(root, ["isobox-run-*"], keep=[out])
     return out
+
+
+# Other versions' boot files (another checkout or daemon sharing the cache) are deleted only
+# once nobody has used them for this long: deleting them at once made two versions rebuild
+# alternately, and could pull a helper from under a start that had just been given its path.
+UNUSED_AFTER_S = 24 * 3600.0
+
+
+def prune_unused(root: Path, patterns: list[str], keep: list[Path], now: float | None = None) -> list[Path]:
+    """Mark ``keep`` as used (mtime) and delete the files matching ``patterns`` that were not
+    used for UNUSED_AFTER_S; returns what was deleted.  A running VM keeps its open file of an
+    unlinked one."""
+    now = time.time() if now is None else now
+    for path in keep:
+        with contextlib.suppress(OSError):
+            os.utime(path, (now, now))
+    gone = []
+    for pattern in patterns:
+        for old in root.glob(pattern):
+            with contextlib.suppress(OSError):
+                if old not in keep and now - old.stat().st_mtime > UNUSED_AFTER_S:
+                    old.unlink()
+                    gone.append(old)
+    return gone
 
 
 def launcher() -> Path:
@@ -289,7 +312,5 @@ def boot_files() -> BootFiles:
             tmp = initramfs.with_suffix(".tmp")
             tmp.write_bytes(build_initramfs(modules_dir, agent_files, helper))
             os.rename(tmp, initramfs)
-            for old in [*root.glob("initramfs-*.cpio"), *root.glob("tools-*.ext4")]:
-                if old not in (initramfs, tools):  # running VMs keep their open file of an unlinked one
-                    old.unlink(missing_ok=True)
+        prune_unused(root, ["initramfs-*.cpio", "tools-*.ext4"], keep=[initramfs, *([tools] if tools else [])])
         return BootFiles(vmlinuz, initramfs, version, tools)
