@@ -38,12 +38,14 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
 stamp=".venv/.isobox-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "isobox setup: installing Python packages into .venv"
     .venv/bin/pip install -q --upgrade pip
     # compat mode: a plain .pth path entry; the default editable finder adds ~22 ms to every start.
-    .venv/bin/pip install -q -e '.[dev]' --config-settings editable_mode=compat
+    # Pinned (constraints.txt): a clean machine gets the versions the suite passed with, not
+    # whatever was released since (a new ruff or mypy rule, a changed test client).
+    .venv/bin/pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
     echo "$want" > "$stamp"
 fi
 
