@@ -204,10 +204,27 @@ class Engine:
     def _alive(pid: int | None, start: int | None) -> bool:
         return bool(pid) and sc.process_start_time(pid) == start  # type: ignore[arg-type]
 
-    @staticmethod
-    def _reap(pid: int) -> None:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    def _reap(self, pid: int) -> None:
+        """Collect a monitor if it is our child (VM and VM-exec monitors are; the zygote's are
+        not).  Its status pipe reaches EOF just before it exits, so it may still be running:
+        then its pidfd says when (a bare WNOHANG left a zombie per VM in a long-lived daemon)."""
+        if pid <= 0:
+            return  # waitpid(0) would take any child of our process group
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] or self.loop is None:
+                return
+            fd = os.pidfd_open(pid)
+        except (ChildProcessError, ProcessLookupError):
+            return
+        loop = self.loop
+
+        def exited() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+        loop.call_soon_threadsafe(loop.add_reader, fd, exited)
 
     def _monitor_exited(self, container_id: str | None, monitor_pid: int) -> None:
         """Settle a container whose monitor has ended: record the exit, clean up, auto-remove."""

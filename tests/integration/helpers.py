@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.conftest import Isobox
@@ -42,6 +43,7 @@ def assert_gone(box: Isobox, container_id: str) -> None:
     assert not (box.root / "containers" / container_id).exists(), "data dir left behind"
     listed = json.loads(box.cli("ps", "-a", "--format", "json", check=True).stdout)
     assert container_id not in [c["Id"] for c in listed], "row left behind"
+    assert_daemon_reaped(box)
 
 
 def assert_vm_gone(box: Isobox, container_id: str) -> None:
@@ -51,6 +53,34 @@ def assert_vm_gone(box: Isobox, container_id: str) -> None:
     assert not (box.root / "containers" / container_id).exists(), "overlay, variable store or logs left behind"
     assert processes_under(run_dir) == [], "QEMU, its monitor or an exec process left behind"
     assert container_id not in container_ids(box), "row left behind"
+    assert_daemon_reaped(box)
+
+
+def zombie_children(pid: int) -> list[str]:
+    """``pid:comm`` of the exited, unreaped children of ``pid`` (invisible to processes_under:
+    a zombie has no cmdline, cwd or root)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, _, rest = text.rpartition(")")
+        fields = rest.split()
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(f"{stat.parent.name}:{comm.partition('(')[2]}")
+    return found
+
+
+def assert_daemon_reaped(box: Isobox, patience: float = 5.0) -> None:
+    """The daemon collects the monitors it started (VMs' and their execs'): a zombie per VM
+    piled up in a long-lived daemon before.  The reaping follows the monitor's exit, hence the
+    patience."""
+    daemon = int((box.run_root / "isobox.pid").read_text())
+    deadline = time.monotonic() + patience
+    while (zombies := zombie_children(daemon)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert zombies == [], f"the daemon left zombie children: {zombies}"
 
 
 def inspect(box: Isobox, ref: str) -> dict:
