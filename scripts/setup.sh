@@ -59,6 +59,15 @@ if [ ! -x "$pump_bin" ] || [ "$pump_src" -nt "$pump_bin" ]; then
     mv "$pump_bin.tmp" "$pump_bin"
 fi
 
+# --init's PID 1 (isobox/runtimes/container/init.c), static: it runs inside the image.
+init_src=isobox/runtimes/container/init.c
+init_bin=.venv/libexec/isobox-init
+if [ ! -x "$init_bin" ] || [ "$init_src" -nt "$init_bin" ]; then
+    mkdir -p .venv/libexec
+    gcc -static -Os -s -Wall -Wextra -Werror -o "$init_bin.tmp" "$init_src"
+    mv "$init_bin.tmp" "$init_bin"
+fi
+
 # isobox-runtime's launcher, in place of the console script pip writes: engines run it several
 # times per container (create, start, state, kill, delete), so it starts the interpreter with
 # -I -S (no site module: no .pth files, no site-packages scan; ~8 ms less per call), turns the

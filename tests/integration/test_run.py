@@ -121,6 +121,22 @@ def test_init_reaps_and_forwards(isobox: Isobox) -> None:
         isobox.cli("rm", "-f", cid)
 
 
+def test_init_is_isobox_init_from_a_sealed_memfd(isobox: Isobox) -> None:
+    """--init's PID 1 is the static isobox-init: no host path or daemon command line inside,
+    and its executable cannot be written from the container (CVE-2019-5736's target)."""
+    script = ('cat /proc/1/cmdline | tr "\\0" " "; echo; readlink /proc/1/exe; '
+              'echo x > /proc/1/exe && echo WROTE; exit 3')
+    proc = isobox.cli("run", "--rm", "--init", "busybox", "sh", "-c", script)
+    assert proc.returncode == 3, proc.stderr
+    cmdline, exe = proc.stdout.splitlines()[:2]
+    assert cmdline.startswith("isobox-init ") and cmdline.rstrip().endswith(f"-- sh -c {script}")
+    assert exe.startswith("/memfd:isobox-init")
+    assert "WROTE" not in proc.stdout.splitlines()[2:]
+    missing = isobox.cli("run", "--rm", "--init", "busybox", "no-such-command")
+    assert missing.returncode == 127
+    assert 'exec: "no-such-command": executable file not found in $PATH' in missing.stderr
+
+
 def test_workload_is_pid_1(isobox: Isobox) -> None:
     proc = isobox.cli("run", "--rm", "busybox", "sh", "-c", "echo $$")
     assert proc.stdout.strip() == "1"

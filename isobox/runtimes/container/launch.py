@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from isobox import paths
-from isobox.errors import IsoboxError, RuntimeFailure
+from isobox.errors import EXIT_ISOBOX_ERROR, IsoboxError, RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.net import rtnl
 from isobox.runtimes.base import Launched
-from isobox.runtimes.container import rootfs, seccomp
+from isobox.runtimes.container import rootfs
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
@@ -237,7 +237,7 @@ def run_monitor(request: Request, fds: dict[str, int], prepared: Prepared | None
     try:
         if prepared is None:
             become_monitor()
-        keep = tuple(fds.values())
+        keep = (*fds.values(), _init_fd)
         if prepared is not None:
             keep += (prepared.sync.fileno(), prepared.slot_fd)
         sc.close_range_from(3, keep)
@@ -272,6 +272,35 @@ def use_zygote(spawn: Callable[[Request, dict[str, int]], None] | None) -> None:
     _zygote = spawn
 
 
+# isobox-init (init.c) in a sealed memfd, made once by the zygote (or the daemon) and inherited
+# by every monitor and init: /proc/1/exe of an --init container is then a file nobody can
+# write (runc's answer to CVE-2019-5736) and no host path.  -1 when it is not built.
+_init_fd = -1
+MFD_EXEC = 0x10  # (not in Python 3.11's os): says "executable" to kernels that ask (>= 6.3)
+
+
+def load_init() -> int:
+    """The memfd of isobox-init (ISOBOX_INIT overrides its path), made on the first call."""
+    global _init_fd
+    if _init_fd >= 0:
+        return _init_fd
+    path = os.environ.get("ISOBOX_INIT") or os.path.join(sys.prefix, "libexec", "isobox-init")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return -1
+    try:
+        fd = os.memfd_create("isobox-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_EXEC)
+    except OSError:  # a kernel older than MFD_EXEC
+        fd = os.memfd_create("isobox-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.write(fd, data)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                | fcntl.F_SEAL_SEAL)
+    _init_fd = fd
+    return fd
+
+
 def pump_binary() -> str | None:
     """The C pump built by scripts/setup.sh next to the interpreter (ISOBOX_PUMP overrides)."""
     path = os.environ.get("ISOBOX_PUMP") or os.path.join(sys.prefix, "libexec", "isobox-pump")
@@ -292,6 +321,7 @@ def _spawn(request: Request, fds: dict[str, int], timeout: float) -> tuple[dict[
         if _zygote is not None:
             _zygote(request, all_fds)
         else:
+            load_init()
             gc.freeze()  # what the monitor never touches stays shared (copy-on-write)
             direct_pid = os.fork()
             if direct_pid == 0:
@@ -361,24 +391,23 @@ def _exec_or_report(proc: ProcessConfig, env: dict[str, str], sync: socket.socke
     os._exit(code)
 
 
-def _run_init(proc: ProcessConfig, env: dict[str, str], sync: socket.socket) -> None:
-    """``--init``: stay as PID 1, reap zombies, forward signals, exit with the workload's code."""
-    child = os.fork()
-    if child == 0:
-        _exec_or_report(proc, env, sync)
-    sync.close()
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, _frame: os.kill(child, signum))
-    sc.close_range_from(3)
-    if proc.seccomp_bpf is not None:
-        seccomp.install(proc.seccomp_bpf)
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            os._exit(0)
-        if pid == child:
-            os._exit(exit_code_of(status))
+def _exec_init(proc: ProcessConfig, env: dict[str, str], sync: socket.socket) -> None:
+    """``--init``: become isobox-init (init.c), which forks the workload, reaps zombies,
+    forwards signals and exits with the workload's code; it reports the workload's exec
+    errors on ``sync`` itself."""
+    if _init_fd < 0:
+        _send(sync, {"exec_error": "--init needs isobox-init, which is not built: run scripts/setup.sh",
+                     "code": EXIT_ISOBOX_ERROR})
+        os._exit(EXIT_ISOBOX_ERROR)
+    sc.close_range_from(3, (sync.fileno(), _init_fd))
+    if proc.seccomp_bpf is not None and proc.no_new_privs:
+        sc.install_seccomp(proc.seccomp_bpf)  # (without no_new_privs, become() loaded it)
+    os.set_inheritable(sync.fileno(), True)
+    try:
+        os.execve(_init_fd, ["isobox-init", "--sync-fd", str(sync.fileno()), "--", *proc.argv], env)
+    except OSError as exc:
+        _send(sync, {"exec_error": f"cannot run isobox-init: {exc.strerror}", "code": EXIT_ISOBOX_ERROR})
+    os._exit(EXIT_ISOBOX_ERROR)
 
 
 def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
@@ -395,7 +424,7 @@ def _finish_process(proc: ProcessConfig, ident: Identity, hostname: str | None,
         _send(sync, {"exec_error": f"chdir to cwd ({proc.cwd}) set in config: {exc.strerror}", "code": 126})
         os._exit(126)
     if init:
-        _run_init(proc, env, sync)
+        _exec_init(proc, env, sync)
     _exec_or_report(proc, env, sync)
 
 

@@ -90,7 +90,8 @@ def _serve(sock: socket.socket, control: socket.socket, parent: int) -> None:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # monitors are reaped by the kernel
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         taken_r, taken_w = os.pipe2(os.O_CLOEXEC)
-        sc.close_range_from(3, (sock.fileno(), control.fileno(), taken_r, taken_w))
+        init_fd = launch.load_init()  # inherited by every monitor and init forked from here
+        sc.close_range_from(3, (sock.fileno(), control.fileno(), taken_r, taken_w, init_fd))
         gc.freeze()
         gc.disable()
         sample = b""
