@@ -224,7 +224,10 @@ class Engine:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
 
-        loop.call_soon_threadsafe(loop.add_reader, fd, exited)
+        try:
+            loop.call_soon_threadsafe(loop.add_reader, fd, exited)
+        except RuntimeError:  # the loop is closed (shutting down): init reaps it after us
+            os.close(fd)
 
     def _monitor_exited(self, container_id: str | None, monitor_pid: int) -> None:
         """Settle a container whose monitor has ended: record the exit, clean up, auto-remove."""
