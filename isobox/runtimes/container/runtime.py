@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,25 +150,10 @@ class ContainerRuntime:
             host_network=spec.network == "host",
         )
         sock_path = rdir / "attach.sock"
-        listener = self._listen(sock_path) if attach else None
-        log_fd = os.open(log_path(rec.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-        try:
-            launched = launch.start_container(
-                cfg, listener=listener, wait_attach=attach, log_fd=log_fd,
-                exit_path=str(exit_path(rec.id)), cgroup=cgroup, sock_path=str(sock_path) if attach else None,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                cgroup.kill_all()
-                cgroup.destroy()
-            with contextlib.suppress(OSError):
-                sock_path.unlink()
-            raise
-        finally:
-            os.close(log_fd)
-            if listener is not None:
-                listener.close()
+        launched = spawn_with_log(rec.id, cgroup, sock_path if attach else None, lambda listener, log_fd: (
+            launch.start_container(cfg, listener=listener, wait_attach=attach, log_fd=log_fd,
+                                   exit_path=str(exit_path(rec.id)), cgroup=cgroup,
+                                   sock_path=str(sock_path) if attach else None)))
         applied = {
             "Capabilities": sorted(caps),
             "Seccomp": seccomp_info,
@@ -206,6 +192,7 @@ class ContainerRuntime:
     @staticmethod
     def _listen(path: Path) -> socket.socket:
         return attach.listen(str(path))
+
 
     def signal(self, rec: ContainerRecord, sig: int) -> None:
         pidfd = self._pidfd(rec)
@@ -273,3 +260,26 @@ class ContainerRuntime:
         self.cleanup(rec)
         shutil.rmtree(run_dir(rec.id), ignore_errors=True)
         shutil.rmtree(data_dir(rec.id), ignore_errors=True)
+
+
+def spawn_with_log(container_id: str, cgroup: cgroups.Cgroup, attach_sock: Path | None,
+                   spawn: Callable[[socket.socket | None, int], Launched]) -> Launched:
+    """``spawn(listener, log_fd)``: start a container-like level's monitor with the container's
+    log open and, given ``attach_sock``, its attach socket listening.  A failed start leaves no
+    process, cgroup or socket behind; our copies of the fds are closed either way."""
+    listener = attach.listen(str(attach_sock)) if attach_sock is not None else None
+    log_fd = os.open(log_path(container_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        return spawn(listener, log_fd)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cgroup.kill_all()
+            cgroup.destroy()
+        if attach_sock is not None:
+            with contextlib.suppress(OSError):
+                attach_sock.unlink()
+        raise
+    finally:
+        os.close(log_fd)
+        if listener is not None:
+            listener.close()

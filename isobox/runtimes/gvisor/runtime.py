@@ -29,8 +29,8 @@ from isobox.runtimes.container.runtime import (
     check_mounts,
     data_dir,
     exit_path,
-    log_path,
     run_dir,
+    spawn_with_log,
 )
 from isobox.runtimes.gvisor import bundle, runsc
 from isobox.runtimes.gvisor.monitor import Overlay, RunscCommand
@@ -102,22 +102,8 @@ class GvisorRuntime:
             exit_path=str(exit_path(rec.id)), cgroup=cgroup, sock_path=str(sock_path) if attach else None,
             console_path=console,
         )
-        listener = ContainerRuntime._listen(sock_path) if attach else None
-        log_fd = os.open(log_path(rec.id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fds = {"log": log_fd} | ({"listener": listener.fileno()} if listener is not None else {})
-        try:
-            launched = launch.spawn_monitor(cmd, fds)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                cgroup.kill_all()
-                cgroup.destroy()
-            with contextlib.suppress(OSError):
-                sock_path.unlink()
-            raise
-        finally:
-            os.close(log_fd)
-            if listener is not None:
-                listener.close()
+        launched = spawn_with_log(rec.id, cgroup, sock_path if attach else None, lambda listener, log_fd: (
+            launch.spawn_monitor(cmd, {"log": log_fd} | ({"listener": listener.fileno()} if listener else {}))))
         applied = {
             "Runtime": {"name": "runsc", "path": path, "version": runsc.version(path),
                         "platform": choice.platform, "platforms_tried": choice.tried},
