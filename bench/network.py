@@ -51,7 +51,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from common import (
     bench_dir,
     fmt,
     isobox_env,
+    netns,
     no_interrupts,
     percentile,
     print_facts,
@@ -134,20 +135,6 @@ def parse_rr(out: str) -> list[float]:
 
 
 # -- namespaces and processes ----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def netns(name: str) -> Iterator[str]:
-    """A fresh network namespace (loopback up), deleted on exit; yields its path."""
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield f"/run/netns/{name}"
-    finally:
-        with no_interrupts():
-            proc = subprocess.run(["ip", "netns", "delete", name], capture_output=True, text=True)
-            if proc.returncode != 0:
-                log(f"warning: ip netns delete {name}: {proc.stderr.strip()}")
-
 
 def stop_dnsmasq(run_root: Path) -> list[str]:
     """The networks' dnsmasq servers outlive their daemon by design; ours go with our roots.
