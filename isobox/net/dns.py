@@ -98,7 +98,14 @@ def ensure(network: str, bridge: str, gateway: str, subnet: str) -> int:
     for _ in range(200):  # the pid file appears once it listens
         if proc.poll() is not None:
             tail = (directory / "dnsmasq.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise RuntimeFailure(f"dnsmasq for network {network} failed: {' '.join(tail) or proc.returncode}")
+            holder = other_server(gateway)
+            raise RuntimeFailure(
+                f"dnsmasq for network {network} failed: {' '.join(tail) or proc.returncode}",
+                hint=None if holder is None else (
+                    f"dnsmasq pid {holder[0]} already serves {gateway}"
+                    + (f" (pid file {holder[1]})" if holder[1] else "")
+                    + ": another isobox state root's network in this network namespace, or one left behind;"
+                    " stop it, or give each daemon a network namespace of its own (ISOBOX_NETNS)"))
         pid = _pid(network)
         if pid is not None:
             return pid
@@ -106,6 +113,24 @@ def ensure(network: str, bridge: str, gateway: str, subnet: str) -> int:
     proc.kill()
     proc.wait()
     raise RuntimeFailure(f"dnsmasq for network {network} did not start")
+
+
+def other_server(gateway: str, proc_root: Path = Path("/proc")) -> tuple[int, str | None] | None:
+    """(pid, pid file) of a running dnsmasq started for ``gateway`` (by another state root: the
+    pid file names its run root), when one is what holds the address."""
+    wanted = f"--listen-address={gateway}".encode()
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"dnsmasq") and wanted in args:
+            pid_file = next((a.decode(errors="replace").partition("=")[2] for a in args
+                             if a.startswith(b"--pid-file=")), None)
+            return int(entry.name), pid_file
+    return None
 
 
 def reload(network: str) -> None:

@@ -125,3 +125,22 @@ def test_ruleset_isolates_networks_and_publishes_ports() -> None:
     # and nft itself accepts it (a dry run: -c checks without applying)
     check = subprocess.run(["nft", "-c", "-f", "-"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def test_the_dnsmasq_holding_a_gateway_is_named(tmp_path: Path) -> None:
+    """When dnsmasq cannot listen on the gateway, the error's hint names the dnsmasq that
+    does (another state root's, its pid file showing which)."""
+    from isobox.net.dns import other_server
+
+    def proc(pid: str, *args: str) -> None:
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+
+    proc("12", "/usr/sbin/dnsmasq", "--pid-file=/tmp/other/run/net/isobox/dnsmasq.pid",
+         "--listen-address=10.213.0.1")
+    proc("13", "/usr/sbin/dnsmasq", "--listen-address=10.99.0.1")
+    proc("14", "/bin/sh", "-c", "--listen-address=10.213.0.1")
+    (tmp_path / "self").mkdir()
+    assert other_server("10.213.0.1", tmp_path) == (12, "/tmp/other/run/net/isobox/dnsmasq.pid")
+    assert other_server("10.99.0.1", tmp_path) == (13, None)
+    assert other_server("10.1.0.1", tmp_path) is None
