@@ -155,3 +155,13 @@ def test_apply_nothing() -> None:
         return cap_sets()
 
     assert in_child(body) == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+
+
+def test_a_pooled_inits_rehearsal_changes_nothing() -> None:
+    """process.rehearse runs in every pooled init before its container is known: the
+    capability sets, uid and environment it leaves must be the ones it found."""
+    from isobox.runtimes.container.process import rehearse
+
+    before = (caps.capget(), os.getuid(), os.getgid(), os.getgroups(), dict(os.environ))
+    rehearse()
+    assert (caps.capget(), os.getuid(), os.getgid(), os.getgroups(), dict(os.environ)) == before

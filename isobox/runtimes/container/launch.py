@@ -44,6 +44,7 @@ from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
 from isobox.runtimes.container.monitor import ExitStatus, Pump, exit_code_of, write_file_atomic
 from isobox.runtimes.container.process import Identity, become, exec_workload, prepare_env, resolve_identity
+from isobox.runtimes.container.process import rehearse as rehearse_process
 from isobox.runtimes.container.setup import join_cgroup as _join_cgroup
 from isobox.runtimes.container.setup import setup_container
 
@@ -218,6 +219,7 @@ def _prepared_child(sync: socket.socket) -> None:
             rootfs.stage(stage_dir)
         except OSError:
             staged = None  # the container's own set-up mounts them; what was staged goes with us
+        rehearse_process()
         data, fds, _flags, _addr = socket.recv_fds(sync, MAX_MESSAGE, 3)
         if data:
             _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES, host_net,

@@ -63,6 +63,24 @@ def resolve_identity(user: str, read_db: Callable[[str], list[list[str]]] = _rea
     return Identity(uid, gid, sorted({gid, *extra}), home)
 
 
+_REHEARSAL_DB = {"/etc/passwd": [["root", "x", "0", "0", "root", "/root", "/bin/sh"]],
+                 "/etc/group": [["root", "x", "0", "root"]]}
+
+
+def rehearse() -> None:
+    """Run the pure-Python part of becoming a workload once, with made-up data and no state
+    changed, in a pooled init while it waits: its first run in a process just forked from a
+    Python parent pays ~0.7 ms of copy-on-write faults on the start's critical path (measured:
+    user lookup 0.94 -> 0.25 ms in a fresh fork once rehearsed)."""
+    _read_db("/dev/null")  # the text-file machinery
+    ident = resolve_identity("0", lambda path: _REHEARSAL_DB.get(path, []))
+    prepare_env(ProcessConfig(argv=["true"], env={"A": "1"}), ident, "rehearsal")
+    capabilities.mask(capabilities.DEFAULT_CAPS)
+    capabilities.last_cap()
+    effective, permitted, inheritable = capabilities.capget()
+    capabilities.capset(effective, permitted, inheritable)  # the sets it has: nothing changes
+
+
 def explicit_identity(proc: ProcessConfig) -> Identity:
     """An OCI ``process.user``: numeric ids as given; HOME from the image's passwd if listed."""
     assert proc.uid is not None
