@@ -95,6 +95,11 @@ class Pump:
         if listener is not None:
             self.sel.register(listener, selectors.EVENT_READ, ("listen", 0))
 
+    def close(self) -> None:
+        """Drop a pump that will not run (a rehearsal's): its selector and pidfd."""
+        self.sel.close()
+        os.close(self.pidfd)
+
     def wait_first_client(self, timeout: float) -> None:
         """Block until a client attaches (or the timeout passes), so no output is missed."""
         if self.listener is None:

@@ -127,8 +127,7 @@ def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int, sample: bytes) -
         launch.become_monitor()
         cfg_sample = launch.sample_config(sample) if sample else b""
         prepared = launch.prepare_container_child(cfg_sample)
-        if sample:  # after the fork: a fork write-protects every page again
-            launch.rehearse(sample)
+        launch.rehearse(sample, prepared)  # after the fork: a fork write-protects every page again
         prepared.slot_fd = taken_w  # released once our workload runs (or we fail)
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_REQUEST, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
         sock.close()
