@@ -226,7 +226,8 @@ def _prepared_child(sync: socket.socket) -> None:
             rootfs.stage(stage_dir)
         except OSError:
             staged = None  # the container's own set-up mounts them; what was staged goes with us
-        rehearse_process()
+        with contextlib.suppress(Exception):  # only a rehearsal: the start meets real errors
+            rehearse_process()
         data, fds, _flags, _addr = socket.recv_fds(sync, MAX_MESSAGE, 3)
         if data:
             _container_child(pickle.loads(data), sync, (fds[0], fds[1], fds[2]), AHEAD_NAMESPACES, host_net,
