@@ -79,6 +79,11 @@ def rehearse() -> None:
     capabilities.last_cap()
     effective, permitted, inheritable = capabilities.capget()
     capabilities.capset(effective, permitted, inheritable)  # the sets it has: nothing changes
+    # The exec's path search, through directories that cannot exist.
+    try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
+        os.execvpe("isobox-rehearsal", ["isobox-rehearsal"], {"PATH": "/nonexistent-isobox-rehearsal"})
+    except OSError:
+        pass
 
 
 def explicit_identity(proc: ProcessConfig) -> Identity:
