@@ -79,9 +79,10 @@ def rehearse() -> None:
     capabilities.last_cap()
     effective, permitted, inheritable = capabilities.capget()
     capabilities.capset(effective, permitted, inheritable)  # the sets it has: nothing changes
-    # The exec's path search, through directories that cannot exist.
+    # The exec's path search, through "directories" that are a device node: nothing can be found,
+    # whoever creates what on the host (ENOTDIR for each).
     try:  # noqa: SIM105 - contextlib is not imported on the OCI start-up path
-        os.execvpe("isobox-rehearsal", ["isobox-rehearsal"], {"PATH": "/nonexistent-isobox-rehearsal"})
+        os.execvpe("isobox-rehearsal", ["isobox-rehearsal"], {"PATH": "/dev/null:/dev/null"})
     except OSError:
         pass
 
