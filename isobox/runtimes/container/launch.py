@@ -43,7 +43,14 @@ from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.cgroups import Cgroup
 from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
 from isobox.runtimes.container.monitor import ExitStatus, Pump, exit_code_of, write_file_atomic
-from isobox.runtimes.container.process import Identity, become, exec_workload, prepare_env, resolve_identity
+from isobox.runtimes.container.process import (
+    Identity,
+    become,
+    exec_workload,
+    prepare_env,
+    resolve_identity,
+    seal,
+)
 from isobox.runtimes.container.process import rehearse as rehearse_process
 from isobox.runtimes.container.setup import join_cgroup as _join_cgroup
 from isobox.runtimes.container.setup import setup_container
@@ -409,9 +416,7 @@ def _exec_init(proc: ProcessConfig, env: dict[str, str], sync: socket.socket) ->
         _send(sync, {"exec_error": "--init needs isobox-init, which is not built: run scripts/setup.sh",
                      "code": EXIT_ISOBOX_ERROR})
         os._exit(EXIT_ISOBOX_ERROR)
-    sc.close_range_from(3, (sync.fileno(), _init_fd))
-    if proc.seccomp_bpf is not None and proc.no_new_privs:
-        sc.install_seccomp(proc.seccomp_bpf)  # (without no_new_privs, become() loaded it)
+    seal(proc, (sync.fileno(), _init_fd))
     os.set_inheritable(sync.fileno(), True)
     try:
         os.execve(_init_fd, ["isobox-init", "--sync-fd", str(sync.fileno()), "--", *proc.argv], env)

@@ -152,11 +152,18 @@ def become(proc: ProcessConfig, ident: Identity) -> None:
     sc.set_dumpable(False)
 
 
-def exec_workload(proc: ProcessConfig, env: dict[str, str], keep_fds: tuple[int, ...] = ()) -> tuple[int, str]:
-    """exec; returns only on failure, with Docker's exit code and message."""
+def seal(proc: ProcessConfig, keep_fds: tuple[int, ...]) -> None:
+    """The last steps before an exec into the container (the workload's, or --init's): no host
+    fd but ``keep_fds`` survives (CVE-2024-21626), and the seccomp filter is loaded now if
+    no_new_privs allows it without CAP_SYS_ADMIN (else become() loaded it already)."""
     sc.close_range_from(3, keep_fds)
     if proc.seccomp_bpf is not None and proc.no_new_privs:
         sc.install_seccomp(proc.seccomp_bpf)
+
+
+def exec_workload(proc: ProcessConfig, env: dict[str, str], keep_fds: tuple[int, ...] = ()) -> tuple[int, str]:
+    """exec; returns only on failure, with Docker's exit code and message."""
+    seal(proc, keep_fds)
     argv = proc.argv
     try:
         os.execvpe(argv[0], argv, env)

@@ -193,7 +193,6 @@ class ContainerRuntime:
     def _listen(path: Path) -> socket.socket:
         return attach.listen(str(path))
 
-
     def signal(self, rec: ContainerRecord, sig: int) -> None:
         pidfd = self._pidfd(rec)
         if pidfd is None:
