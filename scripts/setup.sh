@@ -49,24 +49,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-# The C half of the container monitor (isobox/runtimes/container/pump.c): long-running
-# workloads are left to it, ~0.2 MiB each instead of a Python process's ~2.3 MiB.
-pump_src=isobox/runtimes/container/pump.c
-pump_bin=.venv/libexec/isobox-pump
-if [ ! -x "$pump_bin" ] || [ "$pump_src" -nt "$pump_bin" ]; then
-    mkdir -p .venv/libexec
-    gcc -O2 -Wall -Wextra -Werror -o "$pump_bin.tmp" "$pump_src"
-    mv "$pump_bin.tmp" "$pump_bin"
-fi
-
-# --init's PID 1 (isobox/runtimes/container/init.c), static: it runs inside the image.
-init_src=isobox/runtimes/container/init.c
-init_bin=.venv/libexec/isobox-init
-if [ ! -x "$init_bin" ] || [ "$init_src" -nt "$init_bin" ]; then
-    mkdir -p .venv/libexec
-    gcc -static -Os -s -Wall -Wextra -Werror -o "$init_bin.tmp" "$init_src"
-    mv "$init_bin.tmp" "$init_bin"
-fi
+# build_c SOURCE NAME GCC-FLAGS...: .venv/libexec/NAME, rebuilt when SOURCE is newer.
+build_c() {
+    local src=$1 bin=.venv/libexec/$2
+    shift 2
+    if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+        mkdir -p .venv/libexec
+        gcc "$@" -Wall -Wextra -Werror -o "$bin.tmp" "$src"
+        mv "$bin.tmp" "$bin"
+    fi
+}
+# The C half of the container monitor: long-running workloads are left to it, ~0.2 MiB each
+# instead of a Python process's ~2.3 MiB.
+build_c isobox/runtimes/container/pump.c isobox-pump -O2
+# --init's PID 1, static: it runs inside the image.
+build_c isobox/runtimes/container/init.c isobox-init -static -Os -s
 
 # isobox-runtime's launcher, in place of the console script pip writes: engines run it several
 # times per container (create, start, state, kill, delete), so it starts the interpreter with
