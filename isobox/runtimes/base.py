@@ -7,7 +7,7 @@ the engine's watching, recovery and ``wait`` work the same for every level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ class Launched:
     monitor_pid: int
     monitor_start: int
     done_fd: int  # read end of the monitor's status pipe: EOF once the exit is recorded
+    details: dict[str, Any] = field(default_factory=dict)  # what else the monitor reported (the cgroup)
 
 
 @dataclass

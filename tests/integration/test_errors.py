@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import Isobox
-from tests.integration.helpers import cgroup_dirs, container_ids
+from tests.integration.helpers import (
+    assert_daemon_reaped,
+    assert_gone,
+    cgroup_dirs,
+    container_ids,
+    processes_under,
+)
 
 pytestmark = pytest.mark.root
 
@@ -66,3 +75,23 @@ def test_failed_start_leaves_nothing(isobox: Isobox, tmp_path) -> None:
     live = container_ids(isobox)
     assert all(any(cid.startswith(d.name) for cid in live) for d in run_dirs)
     assert all(d.name in live for d in data_dirs)
+
+
+def test_a_cgroup_the_monitor_cannot_make_fails_the_start_cleanly(isobox: Isobox) -> None:
+    # The monitor makes the cgroup while the init builds the root (launch._container_monitor):
+    # a failure there must stop that init and undo both sides, as a failure in the daemon does.
+    cid = isobox.cli("create", "busybox", "true", check=True).stdout.strip()
+    hierarchy = Path("/sys/fs/cgroup/pids")
+    clash = (hierarchy if hierarchy.is_dir() else Path("/sys/fs/cgroup")) / isobox.cgroup_parent / cid
+    clash.mkdir(parents=True)  # taken: the monitor's mkdir meets EEXIST
+    proc = isobox.cli("start", cid)
+    assert proc.returncode == 125, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert lines and "cgroup" in lines[0] and len(lines) <= 2, proc.stderr
+    assert cgroup_dirs(isobox, cid) == [], "cgroup left behind"
+    assert processes_under(isobox.run_root / "c" / cid[:16]) == [], "the init outlived the failed start"
+    assert_daemon_reaped(isobox)
+    state = json.loads(isobox.cli("inspect", cid, check=True).stdout)[0]["State"]
+    assert (state["Status"], state["Pid"]) == ("created", 0)  # as Docker leaves a failed start
+    isobox.cli("rm", cid, check=True)
+    assert_gone(isobox, cid)

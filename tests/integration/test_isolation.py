@@ -160,6 +160,9 @@ def test_default_pids_limit_is_applied(isobox: Isobox) -> None:
     try:
         applied = json.loads(isobox.cli("inspect", cid, check=True).stdout)[0]["Applied"]
         assert applied["Cgroup"]["pids.max"] == "2048"
+        # (reported by the monitor, which makes the cgroup: the directories the workload is in)
+        paths = applied["Cgroup"]["paths"]
+        assert paths and all(os.path.basename(p) == cid and os.path.isdir(p) for p in paths), paths
         assert applied["NoNewPrivileges"] is True
         assert applied["Seccomp"]["mode"] == "default"
         assert sorted(applied["Capabilities"]) == sorted(caps.DEFAULT_CAPS)

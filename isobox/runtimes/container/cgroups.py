@@ -492,13 +492,20 @@ class Cgroup:
 
     # -- creation --------------------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, layout: Layout, name: str, limits: Limits, parent: str | None = None) -> Cgroup:
-        """Make the cgroup and write its limits; on any failure remove what was made and raise."""
+    @staticmethod
+    def check(layout: Layout, name: str, limits: Limits, parent: str | None = None) -> tuple[str, ...]:
+        """What ``create`` refuses before it makes anything (the daemon asks first, so that bad
+        input fails before a monitor is involved); returns the parent's path components."""
         _check_name(name)
         parts = _parent_parts(parent)
         limits.validate()
         _require_controllers(layout, limits)
+        return parts
+
+    @classmethod
+    def create(cls, layout: Layout, name: str, limits: Limits, parent: str | None = None) -> Cgroup:
+        """Make the cgroup and write its limits; on any failure remove what was made and raise."""
+        parts = cls.check(layout, name, limits, parent)
         created: list[StrPath] = []
         try:
             if layout.version == 2:
@@ -804,6 +811,11 @@ class Cgroup:
         return _keyed(events).get("oom_kill", 0) > 0
 
     # -- removal ---------------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """The end of a container's cgroup: kill whatever is left in it, then remove it."""
+        self.kill_all()
+        self.destroy()
 
     def destroy(self, timeout: float = 2.0) -> None:
         """Remove every directory; retry EBUSY until ``timeout`` (processes still exiting).

@@ -131,7 +131,7 @@ class ContainerRuntime:
             exit_path(rec.id).unlink()
         limits = cgroups.Limits(memory=spec.resources.memory, cpus=spec.resources.cpus,
                                 pids=spec.resources.pids_limit or None)
-        cgroup = cgroups.Cgroup.create(self.layout, rec.id, limits)
+        cgroups.Cgroup.check(self.layout, rec.id, limits)  # the monitor makes it (start_container)
         cfg = ContainerConfig(
             id=rec.id,
             lowerdirs=[str(p) for p in reversed(image.layers)],
@@ -140,7 +140,7 @@ class ContainerRuntime:
             rootfs=str(rdir / "rootfs"),
             hostname=spec.hostname or rec.id[:12],
             process=process,
-            cgroup_procs=[str(p) for p in cgroup.self_join_files()],
+            cgroup_procs=[],  # sent by the monitor once made
             mounts=[*spec.mounts, *self._etc_files(rdir, rec, spec, network)],
             read_only=spec.read_only,
             init=spec.init,
@@ -150,10 +150,12 @@ class ContainerRuntime:
             host_network=spec.network == "host",
         )
         sock_path = rdir / "attach.sock"
-        launched = spawn_with_log(rec.id, cgroup, sock_path if attach else None, lambda listener, log_fd: (
-            launch.start_container(cfg, listener=listener, wait_attach=attach, log_fd=log_fd,
-                                   exit_path=str(exit_path(rec.id)), cgroup=cgroup,
-                                   sock_path=str(sock_path) if attach else None)))
+        launched = spawn_with_log(rec.id, lambda: self.cleanup(rec), sock_path if attach else None,
+                                  lambda listener, log_fd: launch.start_container(
+                                      cfg, limits, listener=listener, wait_attach=attach, log_fd=log_fd,
+                                      exit_path=str(exit_path(rec.id)),
+                                      sock_path=str(sock_path) if attach else None))
+        cgroup: dict[str, Any] = launched.details.get("cgroup", {})
         applied = {
             "Capabilities": sorted(caps),
             "Seccomp": seccomp_info,
@@ -161,9 +163,9 @@ class ContainerRuntime:
             "MaskedPaths": list(MASKED_PATHS),
             "ReadonlyPaths": list(READONLY_PATHS),
             "Namespaces": ["mount", "pid", "uts", "ipc", *([] if spec.network == "host" else ["net"]), "cgroup"],
-            "Cgroup": {"version": self.layout.version, "paths": [str(p) for p in cgroup.paths],
-                       **{k: v for k, v in cgroup.applied.items() if k != "version"}},
-            "CgroupWarnings": list(getattr(cgroup, "warnings", [])),
+            "Cgroup": {"version": self.layout.version, "paths": list(cgroup.get("paths", [])),
+                       **{k: v for k, v in cgroup.get("applied", {}).items() if k != "version"}},
+            "CgroupWarnings": list(cgroup.get("warnings", [])),
         }
         return launched, applied, str(sock_path) if attach else None
 
@@ -252,8 +254,7 @@ class ContainerRuntime:
         """After the workload ended: whatever the monitor could not remove (it may have died)."""
         with contextlib.suppress(IsoboxError):
             cg = cgroups.Cgroup.open(self.layout, rec.id)
-            cg.kill_all()
-            cg.destroy()
+            cg.remove()
 
     def remove(self, rec: ContainerRecord) -> None:
         self.cleanup(rec)
@@ -261,19 +262,19 @@ class ContainerRuntime:
         shutil.rmtree(data_dir(rec.id), ignore_errors=True)
 
 
-def spawn_with_log(container_id: str, cgroup: cgroups.Cgroup, attach_sock: Path | None,
+def spawn_with_log(container_id: str, remove_cgroup: Callable[[], None], attach_sock: Path | None,
                    spawn: Callable[[socket.socket | None, int], Launched]) -> Launched:
     """``spawn(listener, log_fd)``: start a container-like level's monitor with the container's
     log open and, given ``attach_sock``, its attach socket listening.  A failed start leaves no
-    process, cgroup or socket behind; our copies of the fds are closed either way."""
+    process, cgroup (``remove_cgroup`` kills what is in it and removes it) or socket behind;
+    our copies of the fds are closed either way."""
     listener = attach.listen(str(attach_sock)) if attach_sock is not None else None
     log_fd = os.open(log_path(container_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         return spawn(listener, log_fd)
     except BaseException:
         with contextlib.suppress(Exception):
-            cgroup.kill_all()
-            cgroup.destroy()
+            remove_cgroup()
         if attach_sock is not None:
             with contextlib.suppress(OSError):
                 attach_sock.unlink()

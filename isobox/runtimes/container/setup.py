@@ -15,6 +15,7 @@ from isobox.runtimes.container import syscalls as sc
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket  # (only for annotations: its import costs ms on the OCI runtime's start-up path)
+    from collections.abc import Callable
 
     from isobox.runtimes.container.config import ContainerConfig
 
@@ -30,17 +31,24 @@ def join_cgroup(files: list[str]) -> None:
 
 
 def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int, int], ...] = (),
-                    host_net: tuple[socket.socket, int] | None = None, staged: str | None = None) -> None:
+                    host_net: tuple[socket.socket, int] | None = None, staged: str | None = None,
+                    late_join: Callable[[], None] | None = None) -> None:
     """Join the cgroup, join (``join``: fd, CLONE_NEW*) and create (``namespaces``) namespaces,
     set the hostname, bring up lo, make ``eth0`` (``host_net``: a route socket and a namespace fd
     of the host's network namespace, opened before ours) and build the root (``staged``: see
-    ``rootfs.stage``)."""
+    ``rootfs.stage``).
+
+    ``late_join``: joins the cgroup once the root is built, instead of ``cfg.cgroup_procs``
+    first (the daemon's monitor makes the cgroup meanwhile).  A new cgroup namespace is rooted
+    where its creator is, so it waits for the join.
+    """
     join_cgroup(cfg.cgroup_procs)
     for fd, nstype in join:
         sc.setns(fd, nstype)
         os.close(fd)
-    if namespaces:
-        sc.unshare(namespaces)
+    early = namespaces & ~sc.CLONE_NEWCGROUP if late_join is not None else namespaces
+    if early:
+        sc.unshare(early)
     if cfg.hostname:
         sc.sethostname(cfg.hostname)
     if cfg.host_network:
@@ -52,6 +60,10 @@ def setup_container(cfg: ContainerConfig, namespaces: int, join: tuple[tuple[int
     if cfg.interface is not None:
         plug_interface(cfg, host_net)
     rootfs.build(cfg, staged if staged is not None and rootfs.can_use_stage(cfg) else None)
+    if late_join is not None:
+        late_join()
+        if namespaces & sc.CLONE_NEWCGROUP:
+            sc.unshare(sc.CLONE_NEWCGROUP)
 
 
 def plug_interface(cfg: ContainerConfig, host_net: tuple[socket.socket, int] | None) -> None:

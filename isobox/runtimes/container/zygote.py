@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 
-from isobox.runtimes.container import launch
+from isobox.runtimes.container import cgroups, launch
 from isobox.runtimes.container import syscalls as sc
 
 MAX_REQUEST = 1 << 20
@@ -91,6 +91,8 @@ def _serve(sock: socket.socket, control: socket.socket, parent: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         taken_r, taken_w = os.pipe2(os.O_CLOEXEC)
         init_fd = launch.load_init()  # inherited by every monitor and init forked from here
+        with contextlib.suppress(Exception):  # (a monitor meets the failure on its own)
+            cgroups.host_layout()  # detected once here, not by every monitor making a cgroup
         sc.close_range_from(3, (sock.fileno(), control.fileno(), taken_r, taken_w, init_fd))
         gc.freeze()
         gc.disable()

@@ -234,8 +234,7 @@ def _cleanup(cmd: RunscCommand) -> None:
         runsc.delete(cmd.runsc, cmd.container_id, cmd.root)
     if cmd.cgroup is not None:
         with contextlib.suppress(Exception):
-            cmd.cgroup.kill_all()
-            cmd.cgroup.destroy()
+            cmd.cgroup.remove()
     if cmd.sock_path:
         with contextlib.suppress(OSError):
             os.unlink(cmd.sock_path)

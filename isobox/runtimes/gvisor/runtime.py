@@ -102,7 +102,8 @@ class GvisorRuntime:
             exit_path=str(exit_path(rec.id)), cgroup=cgroup, sock_path=str(sock_path) if attach else None,
             console_path=console,
         )
-        launched = spawn_with_log(rec.id, cgroup, sock_path if attach else None, lambda listener, log_fd: (
+        launched = spawn_with_log(rec.id, cgroup.remove, sock_path if attach else None,
+                                  lambda listener, log_fd: (
             launch.spawn_monitor(cmd, {"log": log_fd} | ({"listener": listener.fileno()} if listener else {}))))
         applied = {
             "Runtime": {"name": "runsc", "path": path, "version": runsc.version(path),
@@ -181,8 +182,7 @@ class GvisorRuntime:
             runsc.delete(path, rec.id)
         with contextlib.suppress(IsoboxError):
             cg = cgroups.Cgroup.open(self.layout, rec.id)
-            cg.kill_all()
-            cg.destroy()
+            cg.remove()
 
     def remove(self, rec: ContainerRecord) -> None:
         self.cleanup(rec)
