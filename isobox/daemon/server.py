@@ -91,8 +91,8 @@ def enter_netns() -> None:
 
 def serve(listener: socket.socket, sock_path: Path, debug: bool) -> None:
     enter_netns()  # before the zygote: container inits make their veth peers in this namespace
-    # Fork the zygote that forks container monitors now: before the web stack is imported
-    # (monitors share its memory copy-on-write, so it should be small) and before any thread.
+    # Start the zygote that forks container monitors now (a fresh interpreter: see zygote.py),
+    # so that its imports overlap ours of the web stack.
     from isobox.runtimes.container import launch, zygote
 
     launch.use_zygote(zygote.start().spawn)

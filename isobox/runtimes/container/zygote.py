@@ -1,9 +1,14 @@
-"""A lean process, forked by the daemon before it loads its web stack, that forks monitors.
+"""A lean process, started by the daemon (or any in-process Engine), that forks monitors.
 
 Forking the daemon itself (FastAPI, pydantic, uvicorn: ~47 MiB) costs ~4 ms per fork and gives
 every monitor a copy-on-write share of all that; the zygote holds only the runtime modules.  It
-takes pickled requests and their fds over a SOCK_SEQPACKET socketpair and forks; it reaps
-nothing (SIGCHLD ignored) and dies with the daemon, while the monitors it forked live on.
+is a fresh interpreter (``python -m isobox.runtimes.container.zygote``), not a fork of its
+starter, so that it stays lean whatever the starter imported: every container's init is a fork
+of it, and the init's exec tears down all the anonymous memory it inherited, on the start's
+critical path (a zygote forked from a process that had imported the engine gave inits ~16-18
+MiB of it, against ~10).  It takes pickled requests and their fds over a SOCK_SEQPACKET
+socketpair and forks; it reaps nothing (SIGCHLD ignored) and dies with its starter, while the
+monitors it forked live on.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import pickle
 import select
 import signal
 import socket
+import sys
 import threading
 
 from isobox.runtimes.container import cgroups, launch
@@ -58,21 +64,23 @@ class Zygote:
 
 
 def start() -> Zygote:
-    """Fork the zygote; call before any thread starts and before heavy imports."""
-    # What an unpickled request names (volumes and /etc/hosts are isobox.spec.Mount): imported
-    # once here rather than by each monitor and again by each init, ~8 ms apiece on a start.
-    import isobox.spec  # noqa: F401
-
+    """Start the zygote: a new interpreter that inherits one end of each socketpair."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     control, control_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:
-        ours.close()
-        control.close()
-        _serve(theirs, control_theirs, parent)
-    theirs.close()
-    control_theirs.close()
+    try:
+        for end in (theirs, control_theirs):
+            end.set_inheritable(True)  # only across this spawn: our copies are closed below
+        # -P: the module comes from isobox's installation, never from the starter's working directory.
+        argv = [sys.executable, "-P", "-m", __name__, str(theirs.fileno()), str(control_theirs.fileno()),
+                str(os.getpid())]
+        pid = os.posix_spawn(sys.executable, argv, dict(os.environ))
+    except BaseException:
+        for end in (ours, control):
+            end.close()
+        raise
+    finally:
+        theirs.close()
+        control_theirs.close()
     return Zygote(ours, pid, control)
 
 
@@ -144,3 +152,11 @@ def _fork_idle(sock: socket.socket, taken_r: int, taken_w: int, sample: bytes) -
         if prepared is not None and taken:
             prepared.release_slot()  # whatever went wrong with the request, the pool must not shrink
         os._exit(code)
+
+
+if __name__ == "__main__":
+    # What an unpickled request names (volumes and /etc/hosts are isobox.spec.Mount): imported
+    # once here rather than by each monitor and again by each init, ~8 ms apiece on a start.
+    import isobox.spec  # noqa: F401
+
+    _serve(socket.socket(fileno=int(sys.argv[1])), socket.socket(fileno=int(sys.argv[2])), int(sys.argv[3]))
