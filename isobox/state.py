@@ -8,6 +8,7 @@ daemon calls in from its thread pool.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -88,6 +89,7 @@ _JSON_COLUMNS = {"spec", "applied"}
 class StateStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._wal = f"{path}-wal"
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
@@ -126,6 +128,19 @@ class StateStore:
                 if not durable:
                     self._db.execute("PRAGMA synchronous=FULL")
 
+    def sync(self) -> None:
+        """Make every commit so far durable, those made with ``durable=False`` included: one
+        fsync of the write-ahead log, which is what ``synchronous=FULL`` does at each commit.
+        (The log exists as long as a connection in WAL mode is open: ours.)"""
+        try:
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # nothing logged since a checkpoint, which syncs what it copies
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -134,10 +149,11 @@ class StateStore:
 
     # -- containers ---------------------------------------------------------------------------
 
-    def add_container(self, rec: ContainerRecord) -> None:
+    def add_container(self, rec: ContainerRecord, durable: bool = True) -> None:
+        """``durable=False``: the caller makes it durable with ``sync`` (see ``Engine.run``)."""
         row = _container_row(rec)
         try:
-            with self.write() as db:
+            with self.write(durable) as db:
                 db.execute(
                     f"INSERT INTO containers ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
                     tuple(row.values()),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from isobox.errors import Conflict, NotFound
@@ -24,6 +27,24 @@ def test_durability_settings(store: StateStore) -> None:
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_a_row_committed_without_fsync_is_synced_through_the_wal(store: StateStore, monkeypatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store.add_container(record("abc123" + "0" * 58, "web"), durable=False)
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # back to FULL after it
+    assert synced == []  # SQLite's own syncs go through its VFS, not os.fsync
+    store.sync()
+    wal = store._db.execute("PRAGMA database_list").fetchone()["file"] + "-wal"
+    assert synced == [wal]
+    assert StateStore(Path(wal[: -len("-wal")])).find_container("web").name == "web"
 
 
 def test_lookup_by_id_prefix_and_name(store: StateStore) -> None:
