@@ -16,6 +16,7 @@ DEBIAN_PACKAGES=(
     mmdebstrap                                 # debian:bookworm/trixie images (image build debian:...)
     e2fsprogs erofs-utils                      # VM root disks (images and VM issues)
     qemu-system-x86 qemu-utils ovmf            # the VM isolation level (ovmf: --firmware uefi)
+    lz4 zstd                                   #   unpacking the guest kernel for a PVH boot
     syslinux syslinux-common syslinux-efi      # image build debian:SUITE --bootable: BIOS and UEFI loaders,
     mtools dosfstools fdisk                    #   its FAT boot partition and its MBR, made without mounting
     runc runsc podman catatonit uidmap         # peers (benchmarks, interop) and the gVisor level

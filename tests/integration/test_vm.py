@@ -19,6 +19,19 @@ pytestmark = pytest.mark.root
 require("qemu-system-x86_64", "qemu-img")
 
 
+def mapped_rss_kib(pid: int, paths: list[str]) -> dict[str, int]:
+    """Resident KiB of process ``pid``'s mappings of ``paths`` (summed per path)."""
+    found: dict[str, int] = {}
+    current = None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:
+            current = fields[5] if len(fields) > 5 and fields[5] in paths else None
+        elif fields[0] == "Rss:" and current is not None:
+            found[current] = found.get(current, 0) + int(fields[1])
+    return found
+
+
 def test_vm_run_applies_the_spec_and_returns_the_exit_code(isobox: Isobox, tmp_path: Path) -> None:
     rw, ro = tmp_path / "rw", tmp_path / "ro"
     rw.mkdir()
@@ -53,6 +66,13 @@ def test_vm_detached_logs_exec_cp_stop_rm(isobox: Isobox, tmp_path: Path) -> Non
         assert applied["Machine"] == "microvm" and applied["Accelerator"] in ("kvm", "tcg")
         assert "-sandbox on,obsolete=deny" in applied["QemuCommandLine"]
         assert applied["QemuPid"] == info["State"]["Pid"] and applied["KernelVersion"]
+        # A PVH boot of the unpacked kernel (kernelimage.py), and QEMU's mappings of it and of
+        # the initramfs handed back once the guest runs: no per-VM copy of either stays resident.
+        assert Path(applied["Kernel"]).name.startswith("vmlinux-"), applied["Kernel"]
+        assert Path(applied["Kernel"]).read_bytes()[:4] == b"\x7fELF"
+        resident = mapped_rss_kib(applied["QemuPid"], [applied["Kernel"], applied["Initramfs"]])
+        assert set(resident) == {applied["Kernel"], applied["Initramfs"]}, resident  # still mapped...
+        assert all(kib < 1024 for kib in resident.values()), resident  # ...but not resident
         deadline = time.monotonic() + 30
         while "started" not in isobox.cli("logs", "vm1").stdout and time.monotonic() < deadline:
             time.sleep(0.2)

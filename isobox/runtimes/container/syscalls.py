@@ -63,6 +63,8 @@ SYS_pivot_root = 155
 SYS_close_range = 436
 SYS_openat2 = 437
 SYS_pidfd_open = 434
+SYS_process_madvise = 440
+MADV_PAGEOUT = 21
 
 
 def _check(result: int, what: str) -> int:
@@ -282,6 +284,23 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
     finally:
         os.close(sock)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def pageout(pid: int, ranges: list[tuple[int, int]]) -> int:
+    """process_madvise(MADV_PAGEOUT) over ``ranges`` (address, length) of process ``pid``:
+    reclaim those pages now (clean file pages are dropped; anonymous ones need swap).  Returns
+    the bytes advised.  Needs CAP_SYS_NICE and ptrace access to ``pid`` (root)."""
+    iov = (_IoVec * len(ranges))(*(_IoVec(addr, size) for addr, size in ranges))
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _check(libc.syscall(SYS_process_madvise, pidfd, iov, ctypes.c_size_t(len(ranges)),
+                                   MADV_PAGEOUT, 0), "process_madvise")
+    finally:
+        os.close(pidfd)
 
 
 def explain(exc: OSError) -> str:

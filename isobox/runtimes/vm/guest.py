@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isobox.errors import RuntimeFailure
-from isobox.runtimes.vm import guestinit
+from isobox.runtimes.vm import guestinit, kernelimage
 
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 AGENT_PACKAGE = "qemu-guest-agent"
@@ -287,13 +287,17 @@ def build_initramfs(modules_dir: Path, agent_files: list[tuple[str, Path]], help
 
 
 def boot_files() -> BootFiles:
-    """The kernel and initramfs every microVM boots (``ISOBOX_VM_KERNEL`` overrides the kernel)."""
+    """The kernel and initramfs every microVM boots (``ISOBOX_VM_KERNEL`` overrides the kernel,
+    which QEMU then boots as it is)."""
     root = cache_root()
     with _locked(root):
         vmlinuz, modules_dir, version = kernel_tree(root)
         override = os.environ.get("ISOBOX_VM_KERNEL")
         if override:
-            vmlinuz = Path(override)
+            kernel = Path(override)
+        else:  # unpacked for a PVH boot where the kernel allows it (kernelimage.py)
+            kernel = kernelimage.pvh_elf(vmlinuz, root, version) or vmlinuz
+            prune_unused(root, ["vmlinux-*"], keep=[kernel])
         try:
             agent_tree: Path | None = _fetch(AGENT_PACKAGE, root)
         except RuntimeFailure:
@@ -313,4 +317,4 @@ def boot_files() -> BootFiles:
             tmp.write_bytes(build_initramfs(modules_dir, agent_files, helper))
             os.rename(tmp, initramfs)
         prune_unused(root, ["initramfs-*.cpio", "tools-*.ext4"], keep=[initramfs, *([tools] if tools else [])])
-        return BootFiles(vmlinuz, initramfs, version, tools)
+        return BootFiles(kernel, initramfs, version, tools)

@@ -46,7 +46,7 @@ from isobox.errors import RuntimeFailure
 from isobox.logs import LogWriter
 from isobox.runtimes.container import syscalls as sc
 from isobox.runtimes.container.monitor import ExitStatus, Pump, write_file_atomic
-from isobox.runtimes.vm import relay, vmstart
+from isobox.runtimes.vm import kernelimage, relay, vmstart
 from isobox.runtimes.vm.qemu import SOCKETS
 
 CONSOLE, IO, CONSOLE_LISTEN, CONSOLE_CLIENT = 10, 11, 12, 13
@@ -417,6 +417,10 @@ def run(cfg: MonitorConfig, status_fd: int, qemu: vmstart.Qemu | None = None) ->
             message += ("\n" if "\n" in message else "; QEMU said:\n") + qemu_err
         os.write(status_fd, json.dumps({"error": message}).encode() + b"\n")
         return
+    if not cfg.firmware:
+        # The guest runs: QEMU needs its mapped kernel and initramfs again only on a reset.
+        with contextlib.suppress(OSError):
+            kernelimage.release(qemu.pid, _boot_files(cfg.argv))
     me = os.getpid()
     os.write(status_fd, json.dumps({"pid": qemu.pid, "start": _process_start(qemu.pid), "monitor": me,
                                     "monitor_start": _process_start(me)}).encode() + b"\n")
@@ -443,6 +447,11 @@ def run(cfg: MonitorConfig, status_fd: int, qemu: vmstart.Qemu | None = None) ->
     pump.finish(result)
     os.close(status_fd)
     _remove_sockets(cfg)
+
+
+def _boot_files(argv: list[str]) -> list[str]:
+    """The files QEMU loads for a direct kernel boot (``-kernel``, ``-initrd``)."""
+    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-kernel", "-initrd")]
 
 
 def _remove_sockets(cfg: MonitorConfig) -> None:
