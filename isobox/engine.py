@@ -321,6 +321,10 @@ class Engine:
 
     def create(self, spec: WorkloadSpec, durable: bool = True) -> StartInfo:
         """``durable=False``: the row is committed without an fsync; the caller syncs the store."""
+        rec, _image = self._create(spec, durable)
+        return StartInfo(rec.id, rec.name)
+
+    def _create(self, spec: WorkloadSpec, durable: bool) -> tuple[ContainerRecord, Image]:
         spec.validate()
         runtime = self.runtimes.get(spec.isolation.value)
         if runtime is None:
@@ -335,7 +339,7 @@ class Engine:
         rec = ContainerRecord(id=container_id, name=spec.name or names.generate(), image_id=image.id,
                               image_ref=spec.image, spec=spec.to_dict())
         self.store.add_container(rec, durable)
-        return StartInfo(container_id, rec.name)
+        return rec, image
 
     def _check_network(self, spec: WorkloadSpec, runtime: Runtime) -> None:
         if spec.network == "none":
@@ -377,11 +381,17 @@ class Engine:
             if rec.id in self._starting:
                 raise Conflict(f"container {rec.name} is already being started")
             self._starting.add(rec.id)
+        return self._start(rec, None, attach)
+
+    def _start(self, rec: ContainerRecord, image: Image | None, attach: bool) -> StartInfo:
+        """Start ``rec`` (in ``_starting``); ``image``: a record ``run`` has just made, with its
+        image resolved: nothing of an earlier start can be left to wait for or release."""
         try:
             spec = WorkloadSpec.from_dict(rec.spec)
-            image = self.image_store.resolve(rec.image_id)
-            self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
-            self.net.detach(rec.id)  # a lease left by a start that failed half-way
+            if image is None:
+                image = self.image_store.resolve(rec.image_id)
+                self._monitor_gone(rec)  # a restart reuses the cgroup name the last monitor removes
+                self.net.detach(rec.id)  # a lease left by a start that failed half-way
             network = self._attach_network(rec, spec)
             try:
                 launched, applied, sock = self._runtime(rec).start(rec, spec, image, attach, network)
@@ -414,12 +424,14 @@ class Engine:
         was the largest single cost of a start in the daemon.  What a power loss in between
         could take is the row of a workload that the power loss ended anyway.
         """
-        info = self.create(spec, durable=False)
+        rec, image = self._create(spec, durable=False)
+        with self._lock:
+            self._starting.add(rec.id)
         try:
-            started = self.start(info.id, attach)
+            started = self._start(rec, image, attach)
         except BaseException:
             with contextlib.suppress(IsoboxError):
-                self.remove(info.id, force=True)
+                self.remove(rec.id, force=True)
             raise
         self._syncer.submit(self._sync_store)
         return started
