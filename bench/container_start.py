@@ -100,7 +100,7 @@ class EngineRow:
         from isobox.spec import WorkloadSpec
 
         self.spec_type = WorkloadSpec
-        self.engine = Engine()  # forks its zygote: no threads may exist yet
+        self.engine = Engine()  # spawns its zygote (a fresh interpreter)
         self.engine.build_image("busybox")
         self.layer = busybox_layer(self.root / "root")
 
@@ -242,7 +242,7 @@ async def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
     cleanups: list[Callable[[], None]] = []
     try:
         print("setting up: engine, busybox image, daemon, runc bundle, podman rootfs ...", file=sys.stderr)
-        engine = EngineRow(base)  # first: its zygote must fork before any thread exists
+        engine = EngineRow(base)
         cleanups.append(lambda: problems.extend(engine.close()))
         rows: list[Row] = []
         if "engine" in wanted:

@@ -330,7 +330,7 @@ class EngineSide:
         from isobox.spec import WorkloadSpec
 
         self.spec_type = WorkloadSpec
-        self.engine = Engine()  # forks its zygote: no threads may exist yet
+        self.engine = Engine()  # spawns its zygote (a fresh interpreter)
         self.engine.build_image("busybox")
         self.step_seconds: dict[str, float] = {}  # network steps of the current run
         self.step_samples: dict[str, list[float]] = {}  # ms per run with the default network
@@ -559,8 +559,8 @@ async def bench(base: Path, args: argparse.Namespace) -> dict[str, Any]:
         log(f"built {netbench} (gcc -static)")
         engine_ns = stack.enter_context(netns(f"{base.name}-e"))
         daemon_ns = stack.enter_context(netns(f"{base.name}-d"))
-        # This process joins the engine's namespace before its engine forks the zygote (and
-        # before any thread exists): container inits make their veth peers where the zygote is.
+        # This process joins the engine's namespace before its engine spawns the zygote (which
+        # inherits it): container inits make their veth peers where the zygote is.
         hostns.enter(engine_ns)
 
         engine: EngineSide | None = None
