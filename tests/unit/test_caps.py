@@ -165,3 +165,28 @@ def test_a_pooled_inits_rehearsal_changes_nothing() -> None:
     before = (caps.capget(), os.getuid(), os.getgid(), os.getgroups(), dict(os.environ))
     rehearse()
     assert (caps.capget(), os.getuid(), os.getgid(), os.getgroups(), dict(os.environ)) == before
+
+
+def test_the_rest_of_a_pooled_inits_rehearsal_leaves_no_fd_and_no_filter() -> None:
+    """launch._rehearse_init (the "ready" message, the seal's Python side) in a fork, as in a
+    pooled init: no fd it opened stays open and no seccomp filter is loaded."""
+    from isobox.runtimes.container import launch, seccomp
+    from isobox.runtimes.container.config import ContainerConfig, ProcessConfig
+
+    bpf = seccomp.compile_bpf(seccomp.default_profile(), caps.DEFAULT_CAPS)
+    sample = ContainerConfig(id="x", lowerdirs=[], upperdir="", workdir="", rootfs="", hostname="h",
+                             process=ProcessConfig(["/bin/true"], {}, seccomp_bpf=bpf), cgroup_procs=[])
+    pid = os.fork()
+    if pid == 0:  # (its own process: _reset_signals would take pytest's handlers away)
+        code = 1
+        try:
+            fds = sorted(os.listdir("/proc/self/fd"))
+            launch._rehearse_init(sample)
+            with open("/proc/self/status") as fh:
+                status = fh.read()
+            seccomp_mode = next(line.split()[1] for line in status.splitlines() if line.startswith("Seccomp:"))
+            code = 0 if sorted(os.listdir("/proc/self/fd")) == fds and seccomp_mode == "0" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

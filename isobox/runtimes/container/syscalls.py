@@ -238,6 +238,15 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
+def seccomp_program(bpf: bytes) -> tuple[ctypes.Array[ctypes.c_char], _SockFprog]:
+    """The ``struct sock_fprog`` for ``bpf`` and the buffer it points into (keep both alive)."""
+    count, rest = divmod(len(bpf), SOCK_FILTER_SIZE)
+    if rest or not 0 < count <= BPF_MAXINSNS:
+        raise InvalidArgument(f"not a seccomp BPF program: {len(bpf)} bytes")
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+    return buf, _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+
+
 def install_seccomp(bpf: bytes) -> None:
     """Load ``bpf`` (from ``seccomp.compile_bpf``) as a seccomp filter on the calling thread.
 
@@ -246,11 +255,7 @@ def install_seccomp(bpf: bytes) -> None:
     CAP_SYS_ADMIN in the effective set (so that a filter cannot fool a setuid binary).  (Here
     rather than in seccomp.py, whose libseccomp binding the child has no use for.)
     """
-    count, rest = divmod(len(bpf), SOCK_FILTER_SIZE)
-    if rest or not 0 < count <= BPF_MAXINSNS:
-        raise InvalidArgument(f"not a seccomp BPF program: {len(bpf)} bytes")
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-    prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+    buf, prog = seccomp_program(bpf)
     if libc.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(SECCOMP_MODE_FILTER),
                   ctypes.c_ulong(ctypes.addressof(prog)), ctypes.c_ulong(0), ctypes.c_ulong(0)) < 0:
         err = ctypes.get_errno()
