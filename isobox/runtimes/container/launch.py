@@ -229,6 +229,11 @@ def prepare_container_child(rehearsal: bytes = b"") -> Prepared:
     return Prepared(child, sync)
 
 
+def stage_directory() -> str:
+    """Where pooled inits stage /proc, /sys and /dev, each on a tmpfs of its own mount namespace."""
+    return str(paths.run_root() / "stage")
+
+
 # What a pooled init can do before it knows its container: a new network namespace costs
 # ~1 ms, and neither it nor the mount, UTS and IPC namespaces depend on the config.  (The
 # cgroup namespace must wait: it is rooted where the process is when it is created.)
@@ -265,11 +270,10 @@ def _prepared_child(sync: socket.socket, sample: ContainerConfig | None = None) 
         host_net = (rtnl.open_socket(), os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
         sc.unshare(AHEAD_NAMESPACES)
         sc.loopback_up()
-        stage_dir = str(paths.run_root() / "stage")
+        stage_dir = stage_directory()
         staged: str | None = stage_dir
         try:
-            os.makedirs(stage_dir, mode=0o700, exist_ok=True)
-            rootfs.stage(stage_dir)
+            rootfs.stage(stage_dir)  # (the zygote made the directory: an init makes nothing on the host)
         except OSError:
             staged = None  # the container's own set-up mounts them; what was staged goes with us
         with contextlib.suppress(Exception):  # only a rehearsal: the start meets real errors

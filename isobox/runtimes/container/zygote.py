@@ -101,6 +101,11 @@ def _serve(sock: socket.socket, control: socket.socket, parent: int) -> None:
         init_fd = launch.load_init()  # inherited by every monitor and init forked from here
         with contextlib.suppress(Exception):  # (a monitor meets the failure on its own)
             cgroups.host_layout()  # detected once here, not by every monitor making a cgroup
+        # Made here, not by each pooled init: an idle monitor forked just before close() (a pool
+        # refill) would make it again after its starter had removed the run root.  Without it
+        # the inits mount /proc, /sys and /dev at start instead.
+        with contextlib.suppress(OSError):
+            os.makedirs(launch.stage_directory(), mode=0o700, exist_ok=True)
         sc.close_range_from(3, (sock.fileno(), control.fileno(), taken_r, taken_w, init_fd))
         gc.freeze()
         gc.disable()
