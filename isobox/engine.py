@@ -433,7 +433,10 @@ class Engine:
             with contextlib.suppress(IsoboxError):
                 self.remove(rec.id, force=True)
             raise
-        self._syncer.submit(self._sync_store)
+        try:
+            self._syncer.submit(self._sync_store)
+        except RuntimeError:  # the engine is closing (its executor is shut down): sync here
+            self._sync_store()
         return started
 
     def _sync_store(self) -> None:
