@@ -87,3 +87,7 @@ def test_pvh_elf_unpacks_once_and_falls_back_when_the_kernel_cannot(tmp_path: Pa
     corrupt.write_bytes(bzimage(b"\x1f\x8b" + b"garbage" * 10))
     assert kernelimage.pvh_elf(corrupt, tmp_path, "x-corrupt") is None
     assert sorted(p.name for p in tmp_path.glob("vmlinux-*")) == ["vmlinux-6.1-good"]
+    # A kernel found unable is not unpacked again on the next VM start (a package's files do not
+    # change under a version): even a good one put at its path now is not looked at.
+    corrupt.write_bytes(bzimage(gzip.compress(PVH_ELF)))
+    assert kernelimage.pvh_elf(corrupt, tmp_path, "x-corrupt") is None

@@ -105,19 +105,25 @@ def pvh_entry(elf: bytes) -> int | None:
     return None
 
 
+_NO_PVH: set[Path] = set()  # bzImages found unable to boot by PVH: not unpacked again per VM
+
+
 def pvh_elf(bzimage: Path, cache: Path, version: str) -> Path | None:
     """The kernel of ``bzimage`` unpacked into ``cache`` (once) if it can boot through PVH,
     else None: then QEMU boots the bzImage itself."""
     out = cache / f"vmlinux-{version}"
     if out.exists():
         return out
+    if bzimage in _NO_PVH:
+        return None
     try:
         elf = decompress(*payload(bzimage.read_bytes()))
     except (RuntimeFailure, OSError, lzma.LZMAError, zlib.error):
-        return None
+        elf = b""
     if pvh_entry(elf) is None:
+        _NO_PVH.add(bzimage)
         return None
-    tmp = out.with_suffix(".tmp")
+    tmp = cache / f"vmlinux-{version}.tmp"
     tmp.write_bytes(elf)
     os.rename(tmp, out)
     return out
