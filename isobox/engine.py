@@ -319,12 +319,12 @@ class Engine:
     def _image(self, ref: str) -> Image:
         return self.image_store.resolve(ref)
 
-    def create(self, spec: WorkloadSpec, durable: bool = True) -> StartInfo:
-        """``durable=False``: the row is committed without an fsync; the caller syncs the store."""
-        rec, _image = self._create(spec, durable)
+    def create(self, spec: WorkloadSpec) -> StartInfo:
+        rec, _image = self._create(spec, durable=True)
         return StartInfo(rec.id, rec.name)
 
     def _create(self, spec: WorkloadSpec, durable: bool) -> tuple[ContainerRecord, Image]:
+        """``durable=False``: the row is committed without an fsync; the caller syncs the store."""
         spec.validate()
         runtime = self.runtimes.get(spec.isolation.value)
         if runtime is None:
