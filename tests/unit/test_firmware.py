@@ -15,7 +15,7 @@ from isobox.cli.runspec import spec_from_args
 from isobox.errors import InvalidArgument
 from isobox.images import bootdisk
 from isobox.runtimes.base import ExecRequest
-from isobox.runtimes.vm import diskboot, firmware, monitor, qemu
+from isobox.runtimes.vm import accel, diskboot, firmware, monitor, qemu
 from isobox.runtimes.vm.monitor import MonitorConfig
 from isobox.spec import Isolation, WorkloadSpec
 
@@ -41,7 +41,7 @@ def test_bios_boot_is_a_sandboxed_q35_with_a_virtio_disk(tmp_path: Path) -> None
     assert _value(argv, "-sandbox") == [qemu.SANDBOX]
     assert "-nodefaults" in argv and "-no-user-config" in argv
     assert _value(argv, "-m") == ["1024M"] and _value(argv, "-smp") == ["2"]
-    assert _value(argv, "-accel") == [f"tcg,tb-size={qemu.TB_SIZE_MIB}"] and _value(argv, "-cpu") == ["max"]
+    assert _value(argv, "-accel") == [f"tcg,tb-size={accel.TB_SIZE_MIB}"] and _value(argv, "-cpu") == ["max"]
     # SeaBIOS is q35's default: no firmware flags; isobox's kernel is not involved at all
     assert not any(a.startswith("if=pflash") for a in argv)
     assert not {"-kernel", "-initrd", "-append", "-bios", "-no-reboot"} & set(argv)

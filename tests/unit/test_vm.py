@@ -102,6 +102,22 @@ def test_accelerator_override(monkeypatch: pytest.MonkeyPatch) -> None:
     assert accel.choose() == accel.Accel("kvm", None)
 
 
+def test_translation_cache_cap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ISOBOX_VM_ACCEL", "tcg")
+    monkeypatch.delenv("ISOBOX_VM_TB_SIZE", raising=False)
+    assert accel.choose().tb_size_mib == accel.TB_SIZE_MIB == 64
+    monkeypatch.setenv("ISOBOX_VM_TB_SIZE", "16")
+    chosen = accel.choose()
+    cfg = qemu.VmConfig(run_dir=tmp_path, kernel=tmp_path / "k", initramfs=tmp_path / "i",
+                        root_disk=tmp_path / "r", spec_disk=tmp_path / "s", accel="tcg",
+                        tb_size_mib=chosen.tb_size_mib)
+    assert "tcg,tb-size=16" in qemu.qemu_cmdline(cfg)
+    for bad in ("0", "-5", "16M", "4097", " 8"):
+        monkeypatch.setenv("ISOBOX_VM_TB_SIZE", bad)
+        with pytest.raises(InvalidArgument, match="ISOBOX_VM_TB_SIZE"):
+            accel.choose()
+
+
 def test_console_keeps_the_tail_and_sees_the_ready_mark(tmp_path: Path) -> None:
     console = Console(str(tmp_path / "console.log"))
     console.feed(b"".join(b"line %d\r\n" % i for i in range(100)) + b"isobox-init: work")

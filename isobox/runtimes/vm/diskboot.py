@@ -115,7 +115,7 @@ def start(rec: ContainerRecord, spec: WorkloadSpec, image: Image, attach: bool,
     ddir.mkdir(parents=True, exist_ok=True, mode=0o700)
     overlay, cdrom = _prepare_disks(image, ddir)
     cfg = firmware.FirmwareConfig(run_dir=rdir, disk=overlay, accel=chosen.name, firmware=kind,
-                                  ovmf_code=ovmf.code if ovmf else None,
+                                  tb_size_mib=chosen.tb_size_mib, ovmf_code=ovmf.code if ovmf else None,
                                   ovmf_vars=_vars_store(ddir, ovmf) if ovmf else None, cdrom=cdrom,
                                   memory_mib=memory_mib(spec), cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}",
                                   nic=None if network is None else (network.lease.link, network.lease.mac))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from isobox.runtimes.vm import qemu
+from isobox.runtimes.vm.accel import TB_SIZE_MIB
 
 MACHINE = "q35"
 FIRMWARES = ("bios", "uefi")
@@ -53,6 +54,7 @@ class FirmwareConfig:
     cpus: int = 1
     name: str = "isobox"
     nic: tuple[str, str] | None = None  # (tap device, guest MAC): the guest takes its address by DHCP
+    tb_size_mib: int = TB_SIZE_MIB  # TCG's translation cache cap (accel.py)
 
     def socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.sock"
@@ -109,7 +111,7 @@ def machine(cfg: FirmwareConfig) -> list[str]:
 def accelerator(cfg: FirmwareConfig) -> list[str]:
     if cfg.accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", f"tcg,tb-size={qemu.TB_SIZE_MIB}", "-cpu", "max"]
+    return qemu.tcg_accelerator(cfg.tb_size_mib)
 
 
 def resources(cfg: FirmwareConfig) -> list[str]:

@@ -12,9 +12,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from isobox.runtimes.vm.accel import TB_SIZE_MIB
+
 QEMU = "qemu-system-x86_64"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-TB_SIZE_MIB = 64  # caps TCG's translation cache (the default grows to 1 GiB)
 # Every port costs the guest ~90 ms of boot under TCG, so there are two: the workload's relay
 # (stdio, signals, exit code in one framed stream: relay.py) and the guest agent's.  exec -t's
 # are hot-plugged per session (ptyexec.py) into this bus; port 0 is reserved (a virtconsole's).
@@ -43,6 +44,7 @@ class VmConfig:
     extra_kernel_args: list[str] = field(default_factory=list)
     volumes: int = 0  # virtio-fs shares, served by the monitor's virtiofsd processes (fs<N>.sock)
     nic: tuple[str, str] | None = None  # (tap device, guest MAC) on an isobox network
+    tb_size_mib: int = TB_SIZE_MIB  # TCG's translation cache cap (accel.py)
     tools_disk: Path | None = None  # qemu-ga and its libraries (guest.py), shared read-only by every VM
 
     def socket(self, name: str) -> Path:
@@ -65,7 +67,11 @@ def machine(cfg: VmConfig) -> list[str]:
 def accelerator(cfg: VmConfig) -> list[str]:
     if cfg.accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    return ["-accel", f"tcg,tb-size={TB_SIZE_MIB}", "-cpu", "max"]
+    return tcg_accelerator(cfg.tb_size_mib)
+
+
+def tcg_accelerator(tb_size_mib: int) -> list[str]:
+    return ["-accel", f"tcg,tb-size={tb_size_mib}", "-cpu", "max"]
 
 
 def resources(cfg: VmConfig) -> list[str]:

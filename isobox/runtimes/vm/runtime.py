@@ -160,7 +160,7 @@ class VmRuntime:
         if chosen.name == "tcg" and (khz := accels.tsc_khz()):
             extra.append(f"tsc_early_khz={khz}")
         cfg = qemu.VmConfig(run_dir=rdir, kernel=boot.kernel, initramfs=boot.initramfs, root_disk=overlay,
-                            spec_disk=spec_disk, accel=chosen.name, memory_mib=memory_mib(spec),
+                            spec_disk=spec_disk, accel=chosen.name, tb_size_mib=chosen.tb_size_mib, memory_mib=memory_mib(spec),
                             cpus=vcpus(spec), name=f"isobox-{rec.id[:12]}", extra_kernel_args=extra,
                             volumes=len(spec.mounts), tools_disk=boot.tools,
                             nic=None if network is None else (network.lease.link, network.lease.mac))
