@@ -11,7 +11,7 @@ per-page records grow with the cache on QEMU's heap, and a full cache empties al
 the cap trades speed for memory, and ``ISOBOX_VM_TB_SIZE`` (MiB, in the daemon's environment)
 lets the user choose.  Measured here (BENCHMARKS.md, VM boot): 16 MiB against the default 64
 takes ~33 MiB off an idle busybox VM's QEMU, but a dpkg/apt/perl workload runs ~25% longer end
-to end and a full Debian boots to login 2.5x slower, as the cache keeps refilling.
+to end and a full Debian boots to login 2.3x slower, as the cache keeps refilling.
 """
 
 from __future__ import annotations
