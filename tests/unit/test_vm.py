@@ -15,10 +15,13 @@ import pytest
 
 from isobox.attach import Decoder, Frame, encode_json
 from isobox.errors import InvalidArgument
+from isobox.images.store import Image, ImageConfig
 from isobox.logs import LogWriter, read_entries
 from isobox.runtimes.vm import accel, guest, qemu, relay, specdisk
 from isobox.runtimes.vm.monitor import IO, Console, MonitorConfig, VmPump, run
 from isobox.runtimes.vm.relay import GuestFrame
+from isobox.runtimes.vm.runtime import VmRuntime
+from isobox.spec import Isolation, WorkloadSpec
 
 
 def _cfg(tmp_path: Path, accel_name: str = "tcg") -> qemu.VmConfig:
@@ -112,10 +115,17 @@ def test_translation_cache_cap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
                         root_disk=tmp_path / "r", spec_disk=tmp_path / "s", accel="tcg",
                         tb_size_mib=chosen.tb_size_mib)
     assert "tcg,tb-size=16" in qemu.qemu_cmdline(cfg)
+    assert VmRuntime().host_facts()["tcg_cache_mib"] == 16
     for bad in ("0", "-5", "16M", "4097", " 8"):
         monkeypatch.setenv("ISOBOX_VM_TB_SIZE", bad)
         with pytest.raises(InvalidArgument, match="ISOBOX_VM_TB_SIZE"):
             accel.choose()
+    facts = VmRuntime().host_facts()  # `system info` says why; compare leaves the VM level out
+    assert facts["available"] is False and "ISOBOX_VM_TB_SIZE" in facts["why"]
+    image = Image(id="sha256:" + "0" * 64, tags=("busybox:latest",), config=ImageConfig(), layers=(), size=0,
+                  created=0.0)
+    with pytest.raises(InvalidArgument, match="ISOBOX_VM_TB_SIZE"):  # run/create fail before the row
+        VmRuntime().validate(WorkloadSpec(image="busybox", isolation=Isolation.VM).validate(), image)
 
 
 def test_console_keeps_the_tail_and_sees_the_ready_mark(tmp_path: Path) -> None:
@@ -308,7 +318,6 @@ def test_exec_t_is_refused_for_a_firmware_booted_os() -> None:
     from types import SimpleNamespace
 
     from isobox.runtimes.base import ExecRequest
-    from isobox.runtimes.vm.runtime import VmRuntime
 
     image = SimpleNamespace(disk={"kind": "qcow2"})
     spec = SimpleNamespace(image="localhost/os:1")
@@ -338,7 +347,6 @@ def test_a_launched_qemu_that_cannot_start_is_reported_by_its_monitor(tmp_path: 
     """isobox-run --launch forks QEMU, then becomes the monitor: a QEMU that cannot even be run
     ends as a start error that quotes qemu.log, and leaves no process behind."""
     from isobox.errors import RuntimeFailure
-    from isobox.runtimes.vm.runtime import VmRuntime
 
     monkeypatch.setenv("ISOBOX_CACHE", str(tmp_path / "cache"))  # isobox-run built there by gcc
     rdir = tmp_path / "run"

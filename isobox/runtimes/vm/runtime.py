@@ -110,6 +110,7 @@ class VmRuntime:
         if shutil.which(qemu.QEMU) is None:
             raise InvalidArgument("the VM isolation level needs QEMU",
                                   hint="apt-get install qemu-system-x86 qemu-utils (or run scripts/setup.sh)")
+        accels.tb_size_mib()  # a bad ISOBOX_VM_TB_SIZE fails here, before any row or file is made
         if spec.resources.memory is not None and spec.resources.memory < MIN_MEMORY_MIB << 20:
             raise InvalidArgument(f"--memory for a VM is its RAM: at least {MIN_MEMORY_MIB}m")
         if image.disk:  # a disk image's own OS, booted through firmware
@@ -319,9 +320,13 @@ class VmRuntime:
         shutil.rmtree(data_dir(rec.id), ignore_errors=True)
 
     def host_facts(self) -> dict[str, Any]:
-        chosen = accels.choose()
+        try:
+            chosen = accels.choose()
+        except InvalidArgument as e:  # the daemon's own settings: `system info` shows why, compare skips VMs
+            return {"available": False, "why": e.message, "qemu": shutil.which(qemu.QEMU)}
         return {"qemu": shutil.which(qemu.QEMU), "accelerator": chosen.name, "warning": chosen.warning,
-                "machine": "microvm", "kernel_cache": str(guest.cache_root())}
+                "machine": "microvm", "kernel_cache": str(guest.cache_root()),
+                "tcg_cache_mib": chosen.tb_size_mib if chosen.name == "tcg" else None}
 
 
 __all__ = ["VmRuntime"]
