@@ -109,9 +109,7 @@ def machine(cfg: FirmwareConfig) -> list[str]:
 
 
 def accelerator(cfg: FirmwareConfig) -> list[str]:
-    if cfg.accel == "kvm":
-        return ["-accel", "kvm", "-cpu", "host"]
-    return qemu.tcg_accelerator(cfg.tb_size_mib)
+    return qemu.accelerator_args(cfg.accel, cfg.tb_size_mib)
 
 
 def resources(cfg: FirmwareConfig) -> list[str]:

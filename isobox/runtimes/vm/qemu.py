@@ -65,12 +65,13 @@ def machine(cfg: VmConfig) -> list[str]:
 
 
 def accelerator(cfg: VmConfig) -> list[str]:
-    if cfg.accel == "kvm":
+    return accelerator_args(cfg.accel, cfg.tb_size_mib)
+
+
+def accelerator_args(accel: str, tb_size_mib: int) -> list[str]:
+    """Shared by microVMs and firmware boots (firmware.py)."""
+    if accel == "kvm":
         return ["-accel", "kvm", "-cpu", "host"]
-    return tcg_accelerator(cfg.tb_size_mib)
-
-
-def tcg_accelerator(tb_size_mib: int) -> list[str]:
     return ["-accel", f"tcg,tb-size={tb_size_mib}", "-cpu", "max"]
 
 
